@@ -1,0 +1,25 @@
+# mclip_hbt — the two commands a newcomer needs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# torch/torchvision releases that this project is tested with (CPU machines take them from a
+# local wheel cache); pyproject.toml itself only declares ranges.
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+
+.PHONY: venv test demo sweep clean
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PINS)
+	$(PY) -m pip install -q -e '.[test,offline]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+test: venv
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,137 @@
+"""The project's shard format, written in one place.
+
+Per sample: ``KEY.<jpg|png|webp>`` (image bytes), ``KEY.json`` =
+``{"captions": {lang: [...]}, "mt": [langs machine-translated], "source": str}`` and ``KEY.txt``
+(first English caption, so open_clip's own loader reads the shards too). Beside the shards:
+``sizes.json`` (open_clip's convention: shard file name → sample count) and ``dataset.json``
+(sample count and, per language, samples and captions).
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import webdataset as wds
+
+from mclip_hbt.languages import canonical_lang
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON through a temporary file so a reader never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def sample_record(captions: dict[str, list[str]], mt: list[str] | tuple[str, ...] = (), source: str = "") -> dict:
+    """The ``KEY.json`` payload, with canonical language codes and empty caption lists dropped."""
+    caps: dict[str, list[str]] = {}
+    for lang, texts in captions.items():
+        texts = [t for t in texts if t and t.strip()]
+        if texts:
+            caps.setdefault(canonical_lang(lang), []).extend(texts)
+    mt_langs = sorted({canonical_lang(m) for m in mt} & caps.keys())
+    return {"captions": caps, "mt": mt_langs, "source": source}
+
+
+class CaptionShardWriter:
+    """Write samples into ``{prefix}-NNNNNN.tar`` shards of ``max_count`` samples, then the stats files.
+
+    Each shard is written to a temporary name and renamed when complete, so an interrupted run
+    leaves only whole shards behind.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, prefix: str = "shard", max_count: int = 1000, start_index: int = 0):
+        if max_count < 1:
+            raise ValueError("max_count must be >= 1")
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.prefix = prefix
+        self.max_count = max_count
+        self.shard_index = start_index
+        self.sizes: dict[str, int] = {}
+        self.lang_samples: Counter[str] = Counter()
+        self.lang_captions: Counter[str] = Counter()
+        self.mt_captions: Counter[str] = Counter()
+        self.num_samples = 0
+        self._tar: wds.TarWriter | None = None
+        self._tar_tmp: Path | None = None
+        self._tar_count = 0
+
+    def _open_next(self) -> None:
+        name = f"{self.prefix}-{self.shard_index:06d}.tar"
+        self._tar_tmp = self.out_dir / (name + ".tmp")
+        self._tar = wds.TarWriter(str(self._tar_tmp))
+        self._tar_count = 0
+
+    def _close_current(self) -> None:
+        if self._tar is None:
+            return
+        self._tar.close()
+        final = self._tar_tmp.with_suffix("")  # drop ".tmp"
+        os.replace(self._tar_tmp, final)
+        self.sizes[final.name] = self._tar_count
+        self.shard_index += 1
+        self._tar = None
+
+    def write(self, key: str, image: bytes, image_ext: str, captions: dict[str, list[str]],
+              mt: list[str] | tuple[str, ...] = (), source: str = "") -> None:
+        ext = image_ext.lower().lstrip(".")
+        if ext not in IMAGE_EXTS:
+            raise ValueError(f"unsupported image extension {image_ext!r}; use one of {IMAGE_EXTS}")
+        record = sample_record(captions, mt, source)
+        if self._tar is None:
+            self._open_next()
+        sample = {"__key__": key, ext: image, "json": json.dumps(record, ensure_ascii=False).encode("utf-8")}
+        if record["captions"].get("en"):
+            sample["txt"] = record["captions"]["en"][0].encode("utf-8")
+        self._tar.write(sample)
+        self._tar_count += 1
+        self.num_samples += 1
+        for lang, texts in record["captions"].items():
+            self.lang_samples[lang] += 1
+            self.lang_captions[lang] += len(texts)
+        for lang in record["mt"]:
+            self.mt_captions[lang] += len(record["captions"][lang])
+        if self._tar_count >= self.max_count:
+            self._close_current()
+
+    def close(self, extra: dict | None = None) -> dict:
+        """Finish the last shard and write ``sizes.json`` and ``dataset.json``; return the latter."""
+        self._close_current()
+        stats = dataset_stats(self.num_samples, self.lang_samples, self.lang_captions, self.mt_captions, self.sizes)
+        if extra:
+            stats.update(extra)
+        write_json_atomic(self.out_dir / "sizes.json", self.sizes)
+        write_json_atomic(self.out_dir / "dataset.json", stats)
+        return stats
+
+    def __enter__(self) -> "CaptionShardWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self.close()
+        elif self._tar is not None:  # leave no half shard behind
+            self._tar.close()
+            self._tar_tmp.unlink(missing_ok=True)
+
+
+def dataset_stats(num_samples: int, lang_samples: Counter, lang_captions: Counter, mt_captions: Counter,
+                  sizes: dict[str, int]) -> dict:
+    langs = sorted(lang_samples)
+    return {
+        "num_samples": num_samples,
+        "num_shards": len(sizes),
+        "languages": {
+            lang: {"samples": lang_samples[lang], "captions": lang_captions[lang],
+                   "mt_captions": mt_captions.get(lang, 0)}
+            for lang in langs
+        },
+    }

@@ -1,0 +1,1 @@
+"""mclip_hbt: multilingual CLIP with hybrid-batch training."""
