@@ -1,0 +1,315 @@
+"""MultilingualCLIP: an open_clip image tower paired with a multilingual Hugging Face text tower.
+
+The image tower is any open_clip architecture (by name, with a pretrained tag or local
+checkpoint, or an explicit vision config); the text tower is any ``AutoModel`` (hub name, local
+directory or ``bundled:NAME``), pooled and projected into the shared space; a learnable logit
+scale (and an optional logit bias for the sigmoid loss) completes the model.
+
+A saved model is a self-contained directory: ``config.json`` (everything needed to rebuild the
+architecture, the text encoder's own config included), ``model.safetensors``, the tokenizer
+files (in ``tokenizer/``) and ``preprocessor_config.json``. Reloading it needs neither a network nor the sources.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.model import CLIPVisionCfg, _build_vision_tower
+from open_clip.factory import load_state_dict
+from open_clip.pretrained import download_pretrained, get_pretrained_cfg
+from open_clip.transform import PreprocessCfg, image_transform
+from safetensors.torch import load_model, save_model
+from torch import nn
+from transformers import AutoTokenizer, BatchEncoding
+
+from .hub import ModelUnavailableError, load_or_explain
+from .text_tower import TextTower
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+PREPROCESS_NAME = "preprocessor_config.json"
+TOKENIZER_DIR = "tokenizer"  # its own folder, so transformers never mistakes our config.json for the tokenizer's
+PROJECTIONS = ("linear", "mlp", "none")
+
+
+@dataclass
+class MultilingualCLIPConfig:
+    """Everything that defines a MultilingualCLIP's architecture and where its initial weights come from."""
+
+    text_model: str = "bundled:multilingual-e5-small"
+    #: False: random text weights from the encoder's config (tests, ablations).
+    text_pretrained: bool = True
+    #: Changes to the text encoder's config (e.g. a tiny ``num_hidden_layers`` for tests).
+    text_config_overrides: dict = field(default_factory=dict)
+    pooling: str = "mean"
+    projection: str = "linear"
+    #: Prepended to every caption (E5 encoders expect "query: ").
+    text_prefix: str = ""
+    max_length: int = 77
+    #: An open_clip architecture name; its vision config is the starting point.
+    vision_model: str = "ViT-B-32"
+    #: An open_clip pretrained tag for ``vision_model`` or a local checkpoint path; None = random.
+    vision_pretrained: str | None = None
+    #: Fields overriding the architecture's vision config (e.g. a tiny ViT).
+    vision_cfg: dict = field(default_factory=dict)
+    #: Shared embedding width; None = the open_clip architecture's ``embed_dim``.
+    embed_dim: int | None = None
+    init_logit_scale: float = math.log(1 / 0.07)
+    #: Set (e.g. -10) to give the model a logit bias for the sigmoid loss.
+    init_logit_bias: float | None = None
+    #: Image mean/std/interpolation overrides; by default the pretrained tag's, else OpenAI's.
+    preprocess: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "MultilingualCLIPConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
+        return cls(**dict(d))
+
+
+PRESETS: dict[str, dict] = {
+    # Random and small enough for unit tests on a CPU (the real bundled tokenizer, a 2-layer encoder).
+    "tiny": dict(
+        text_model="bundled:multilingual-e5-small", text_pretrained=False,
+        text_config_overrides=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                   intermediate_size=64, max_position_embeddings=80),
+        text_prefix="query: ", max_length=64, vision_model="ViT-B-32",
+        vision_cfg=dict(image_size=32, patch_size=8, width=64, layers=2, head_width=32, mlp_ratio=2.0),
+        embed_dim=32,
+    ),
+    # The offline encoder (works with no hub) + ViT-B/32, image weights from a tag/checkpoint when given.
+    "e5-small-vit-b32": dict(text_model="bundled:multilingual-e5-small", text_prefix="query: ",
+                             vision_model="ViT-B-32"),
+    "xlmr-base-vit-b32": dict(text_model="xlm-roberta-base", vision_model="ViT-B-32",
+                              vision_pretrained="laion2b_s34b_b79k"),
+    "xlmr-large-vit-h14": dict(text_model="xlm-roberta-large", vision_model="ViT-H-14",
+                               vision_pretrained="laion2b_s32b_b79k"),
+}
+
+
+def resolve_vision_cfg(config: MultilingualCLIPConfig) -> tuple[int, dict]:
+    """The open_clip vision config dict and embedding width this config asks for."""
+    arch = open_clip.get_model_config(config.vision_model)
+    if arch is None:
+        raise ValueError(f"unknown open_clip architecture {config.vision_model!r}; see open_clip.list_models()")
+    vision = {**arch["vision_cfg"], **config.vision_cfg}
+    unknown = sorted(set(vision) - {f.name for f in dataclasses.fields(CLIPVisionCfg)})
+    if unknown:
+        raise ValueError(f"unknown vision config keys: {', '.join(unknown)}")
+    return config.embed_dim or arch["embed_dim"], vision
+
+
+def _vision_state_dict(arch: str, pretrained: str) -> tuple[dict, dict]:
+    """Image-tower weights (``visual.`` keys stripped) and the preprocessing they were trained with."""
+    if os.path.isfile(pretrained):
+        path, pcfg = pretrained, {}
+    else:
+        pcfg = get_pretrained_cfg(arch, pretrained)
+        if not pcfg:
+            tags = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
+            raise ModelUnavailableError(f"{pretrained!r} is neither a file nor a pretrained tag of {arch} (tags: {tags})")
+        path = load_or_explain(lambda: download_pretrained(pcfg), "open_clip image weights", f"{arch}/{pretrained}")
+        if not path:
+            raise ModelUnavailableError(f"open_clip gave no download location for {arch}/{pretrained}")
+    state = load_state_dict(path)
+    visual = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
+    if not visual:
+        raise ModelUnavailableError(f"checkpoint {path} holds no 'visual.*' weights")
+    return visual, {k: pcfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if pcfg.get(k)}
+
+
+class MultilingualCLIP(nn.Module):
+    """An open_clip image tower + a multilingual text tower in one contrastive embedding space."""
+
+    def __init__(self, config: MultilingualCLIPConfig, text: TextTower, *, load_vision_weights: bool = True):
+        super().__init__()
+        if config.projection not in PROJECTIONS:
+            raise ValueError(f"unknown projection {config.projection!r}; choose one of {PROJECTIONS}")
+        self.config = config
+        embed_dim, vision_cfg = resolve_vision_cfg(config)
+        self.embed_dim = embed_dim
+        self.visual = _build_vision_tower(embed_dim, vision_cfg)
+        preprocess = {}
+        if load_vision_weights and config.vision_pretrained:
+            weights, preprocess = _vision_state_dict(config.vision_model, config.vision_pretrained)
+            self.visual.load_state_dict(weights)
+        self.preprocess_cfg = PreprocessCfg(**{"size": vision_cfg["image_size"], **preprocess, **config.preprocess})
+        self.text = text
+        self.text_projection = self._make_projection(config.projection, text.width, embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
+        self.logit_bias = (nn.Parameter(torch.tensor(float(config.init_logit_bias)))
+                           if config.init_logit_bias is not None else None)
+
+    @staticmethod
+    def _make_projection(kind: str, width: int, embed_dim: int) -> nn.Module:
+        if kind == "linear":
+            return nn.Linear(width, embed_dim, bias=False)
+        if kind == "mlp":  # open_clip's HF-tower MLP head
+            hidden = (width + embed_dim) // 2
+            return nn.Sequential(nn.Linear(width, hidden, bias=False), nn.GELU(), nn.Linear(hidden, embed_dim, bias=False))
+        if width != embed_dim:
+            raise ValueError(f"projection 'none' needs the text width ({width}) to equal embed_dim ({embed_dim})")
+        return nn.Identity()
+
+    # --- transforms -------------------------------------------------------------------------
+    @property
+    def preprocess(self):
+        """Evaluation image transform (PIL image → normalised tensor)."""
+        c = self.preprocess_cfg
+        return image_transform(c.size, is_train=False, mean=c.mean, std=c.std,
+                               interpolation=c.interpolation, resize_mode=c.resize_mode)
+
+    @property
+    def train_preprocess(self):
+        """Training image transform (open_clip's random resized crop, no flips: captions say left/right)."""
+        c = self.preprocess_cfg
+        return image_transform(c.size, is_train=True, mean=c.mean, std=c.std, interpolation=c.interpolation)
+
+    # --- encoding ---------------------------------------------------------------------------
+    def tokenize(self, texts: Sequence[str]) -> BatchEncoding:
+        """Tokenize captions, padded to the longest one in the batch (never to a fixed 77)."""
+        return self.text.tokenize(texts)
+
+    def encode_text(self, tokens: Mapping[str, torch.Tensor], normalize: bool = True) -> torch.Tensor:
+        features = self.text_projection(self.text(tokens))
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        features = self.visual(pixels)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def forward(self, pixels: torch.Tensor | None = None, tokens: Mapping[str, torch.Tensor] | None = None) -> dict:
+        """Like open_clip's ``output_dict=True``: normalised features and the exponentiated logit scale."""
+        out = {
+            "image_features": self.encode_image(pixels) if pixels is not None else None,
+            "text_features": self.encode_text(tokens) if tokens is not None else None,
+            "logit_scale": self.logit_scale.exp(),
+        }
+        if self.logit_bias is not None:
+            out["logit_bias"] = self.logit_bias
+        return out
+
+    # --- locking ----------------------------------------------------------------------------
+    def lock_image_tower(self, unlocked_groups: int = 0) -> None:
+        """LiT: freeze the image tower except its top ``unlocked_groups`` layer groups (open_clip's groups)."""
+        self.visual.lock(unlocked_groups=unlocked_groups)
+
+    def lock_text_tower(self, unlocked_layers: int = 0, freeze_embeddings: bool = True) -> None:
+        """Freeze the text encoder except its top ``unlocked_layers`` blocks; the projection stays trainable."""
+        self.text.lock(unlocked_layers, freeze_embeddings)
+
+    def freeze_word_embeddings(self) -> None:
+        self.text.freeze_word_embeddings()
+
+    def parameter_summary(self) -> dict[str, dict[str, int]]:
+        """Trainable and frozen parameter counts per part (image, text, projection, logit)."""
+        parts = {"image": self.visual, "text": self.text, "text_projection": self.text_projection}
+        summary = {name: _count(module.parameters()) for name, module in parts.items()}
+        summary["logit"] = _count(p for p in (self.logit_scale, self.logit_bias) if p is not None)
+        summary["total"] = _count(self.parameters())
+        return summary
+
+    def describe_parameters(self) -> str:
+        rows = [f"{name:>16}: {c['trainable']:>12,} trainable {c['frozen']:>12,} frozen"
+                for name, c in self.parameter_summary().items()]
+        return "\n".join(rows)
+
+    # --- persistence ------------------------------------------------------------------------
+    def to_config_dict(self) -> dict:
+        """The saved form of the config: the resolved vision config and the text encoder's own config."""
+        embed_dim, vision_cfg = resolve_vision_cfg(self.config)
+        config = dataclasses.asdict(self.config)
+        config.update(embed_dim=embed_dim, vision_cfg=vision_cfg, vision_pretrained=None,
+                      preprocess=dataclasses.asdict(self.preprocess_cfg),
+                      text_model="saved", text_pretrained=False, text_config_overrides={})
+        return {"model_type": "mclip_hbt", "format_version": 1, "architecture": config,
+                "text_config": self.text.transformer.config.to_dict(),
+                "created_from": {"text_model": self.config.text_model,
+                                 "vision_model": self.config.vision_model,
+                                 "vision_pretrained": self.config.vision_pretrained}}
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write a self-contained model directory, atomically (a temporary sibling renamed into place)."""
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            (tmp / CONFIG_NAME).write_text(json.dumps(self.to_config_dict(), indent=2) + "\n")
+            (tmp / PREPROCESS_NAME).write_text(json.dumps(dataclasses.asdict(self.preprocess_cfg), indent=2) + "\n")
+            self.text.tokenizer.save_pretrained(tmp / TOKENIZER_DIR)
+            save_model(self, str(tmp / WEIGHTS_NAME))
+            if directory.exists():
+                old = directory.with_name(directory.name + ".old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(directory, old)
+                os.replace(tmp, directory)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, directory)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> "MultilingualCLIP":
+        """Load a directory written by :meth:`save_pretrained` (no network, no original sources needed)."""
+        directory = Path(directory)
+        config_file = directory / CONFIG_NAME
+        if not config_file.is_file():
+            raise ModelUnavailableError(f"{directory} is not a saved mclip_hbt model (no {CONFIG_NAME})")
+        saved = json.loads(config_file.read_text())
+        if saved.get("model_type") != "mclip_hbt":
+            raise ModelUnavailableError(f"{config_file} is not an mclip_hbt config (model_type={saved.get('model_type')!r})")
+        config = MultilingualCLIPConfig.from_dict(saved["architecture"])
+        tokenizer = AutoTokenizer.from_pretrained(directory / TOKENIZER_DIR)
+        text = TextTower(TextTower.transformer_from_config(saved["text_config"]), tokenizer, pooling=config.pooling,
+                         prefix=config.text_prefix, max_length=config.max_length)
+        model = cls(config, text, load_vision_weights=False)
+        load_model(model, str(directory / WEIGHTS_NAME), device=str(map_location))
+        return model
+
+
+def _count(params) -> dict[str, int]:
+    trainable = frozen = 0
+    for p in params:
+        if p.requires_grad:
+            trainable += p.numel()
+        else:
+            frozen += p.numel()
+    return {"trainable": trainable, "frozen": frozen}
+
+
+def create_model(name_or_config: str | Mapping | MultilingualCLIPConfig, **overrides) -> MultilingualCLIP:
+    """Build a model from a preset name, a saved directory, a config dict or a config object.
+
+    ``overrides`` replace config fields (e.g. ``vision_pretrained="/path/ckpt.pt"``).
+    """
+    if isinstance(name_or_config, MultilingualCLIPConfig):
+        config = dataclasses.replace(name_or_config, **overrides)
+    elif isinstance(name_or_config, Mapping):
+        config = MultilingualCLIPConfig.from_dict({**name_or_config, **overrides})
+    elif name_or_config in PRESETS:
+        config = MultilingualCLIPConfig.from_dict({**PRESETS[name_or_config], **overrides})
+    elif (Path(name_or_config) / CONFIG_NAME).is_file():
+        if overrides:
+            raise ValueError("overrides cannot be applied to a saved model directory")
+        return MultilingualCLIP.from_pretrained(name_or_config)
+    else:
+        raise ModelUnavailableError(f"{name_or_config!r} is neither a preset ({', '.join(PRESETS)}) "
+                                    f"nor a saved model directory")
+    text = TextTower.from_name(config.text_model, pretrained=config.text_pretrained,
+                               config_overrides=config.text_config_overrides, pooling=config.pooling,
+                               prefix=config.text_prefix, max_length=config.max_length)
+    return MultilingualCLIP(config, text)
