@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import webdataset as wds
 
@@ -40,11 +41,28 @@ def sample_record(captions: dict[str, list[str]], mt: list[str] | tuple[str, ...
     return {"captions": caps, "mt": mt_langs, "source": source}
 
 
+class ShardSample(NamedTuple):
+    """One sample read back from a shard."""
+    key: str
+    image: bytes
+    image_ext: str
+    record: dict  # the KEY.json payload: {"captions": ..., "mt": ..., "source": ...}
+
+
+def iter_shard(path: str | os.PathLike) -> Iterator[ShardSample]:
+    """The samples of one shard file, in stored order."""
+    for sample in wds.WebDataset(str(path), shardshuffle=False, empty_check=False):
+        ext = next(e for e in IMAGE_EXTS if e in sample)
+        yield ShardSample(sample["__key__"], sample[ext], ext, json.loads(sample["json"]))
+
+
 class CaptionShardWriter:
     """Write samples into ``{prefix}-NNNNNN.tar`` shards of ``max_count`` samples, then the stats files.
 
     Each shard is written to a temporary name and renamed when complete, so an interrupted run
-    leaves only whole shards behind.
+    leaves only whole shards behind. A recipe that keeps one output shard per input shard writes
+    with a large ``max_count``, calls :meth:`end_shard` after each input shard and, on a restart,
+    :meth:`adopt_existing_shard` for the shards an earlier run completed.
     """
 
     def __init__(self, out_dir: str | os.PathLike, prefix: str = "shard", max_count: int = 1000, start_index: int = 0):
@@ -63,10 +81,15 @@ class CaptionShardWriter:
         self._tar: wds.TarWriter | None = None
         self._tar_tmp: Path | None = None
         self._tar_count = 0
+        self._stats: dict | None = None  # set by close()
+
+    def shard_path(self, index: int) -> Path:
+        """Where shard number ``index`` is (or will be) written."""
+        return self.out_dir / f"{self.prefix}-{index:06d}.tar"
 
     def _open_next(self) -> None:
-        name = f"{self.prefix}-{self.shard_index:06d}.tar"
-        self._tar_tmp = self.out_dir / (name + ".tmp")
+        final = self.shard_path(self.shard_index)
+        self._tar_tmp = final.with_name(final.name + ".tmp")
         self._tar = wds.TarWriter(str(self._tar_tmp))
         self._tar_count = 0
 
@@ -93,23 +116,55 @@ class CaptionShardWriter:
             sample["txt"] = record["captions"]["en"][0].encode("utf-8")
         self._tar.write(sample)
         self._tar_count += 1
+        self._count(record)
+        if self._tar_count >= self.max_count:
+            self._close_current()
+
+    def _count(self, record: dict) -> None:
         self.num_samples += 1
         for lang, texts in record["captions"].items():
             self.lang_samples[lang] += 1
             self.lang_captions[lang] += len(texts)
         for lang in record["mt"]:
             self.mt_captions[lang] += len(record["captions"][lang])
-        if self._tar_count >= self.max_count:
-            self._close_current()
+
+    def end_shard(self) -> None:
+        """Finish the current shard now (an empty one if nothing was written since the last), so
+        output shard ``i`` always corresponds to the caller's input shard ``i``."""
+        if self._tar is None:
+            self._open_next()
+        self._close_current()
+
+    def adopt_existing_shard(self) -> list[dict] | None:
+        """If the next shard is already complete on disk (left by an interrupted run), count it into
+        the stats, move past it and return its sample records; otherwise return ``None``."""
+        if self._tar is not None:
+            raise RuntimeError("adopt_existing_shard() called in the middle of a shard")
+        path = self.shard_path(self.shard_index)
+        if not path.is_file():
+            return None
+        records = [sample.record for sample in iter_shard(path)]
+        for record in records:
+            self._count(record)
+        self.sizes[path.name] = len(records)
+        self.shard_index += 1
+        return records
 
     def close(self, extra: dict | None = None) -> dict:
-        """Finish the last shard and write ``sizes.json`` and ``dataset.json``; return the latter."""
+        """Finish the last shard and write ``sizes.json`` and ``dataset.json``; return the latter.
+
+        Closing again (as leaving a ``with`` block after an explicit ``close(extra)`` does) changes
+        nothing and returns the same dict.
+        """
+        if self._stats is not None:
+            return self._stats
         self._close_current()
         stats = dataset_stats(self.num_samples, self.lang_samples, self.lang_captions, self.mt_captions, self.sizes)
         if extra:
             stats.update(extra)
         write_json_atomic(self.out_dir / "sizes.json", self.sizes)
         write_json_atomic(self.out_dir / "dataset.json", stats)
+        self._stats = stats
         return stats
 
     def __enter__(self) -> "CaptionShardWriter":

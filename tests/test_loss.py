@@ -1,0 +1,89 @@
+"""Contrastive losses: a hand-computed case, open_clip's own losses, and a real 2-process gloo run."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from loss_dist_worker import CASES, WORLD, TinyTowers, distributed_worker, global_batch, loss_and_grads, random_features
+from open_clip.loss import ClipLoss, SigLipLoss
+
+from mclip_hbt.loss import ContrastiveLoss, clip_loss, siglip_loss, text_pair_loss
+
+
+def test_clip_loss_matches_hand_computation():
+    image = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    text = torch.tensor([[0.8, 0.6], [0.0, 1.0]])
+    scale = 10.0
+    sims = [[sum(a * b for a, b in zip(i, t)) for t in text.tolist()] for i in image.tolist()]
+
+    def nll(row, target):  # -log softmax(scale * row)[target]
+        return -(scale * row[target] - math.log(sum(math.exp(scale * s) for s in row)))
+
+    image_to_text = sum(nll(sims[i], i) for i in range(2)) / 2
+    text_to_image = sum(nll([sims[j][i] for j in range(2)], i) for i in range(2)) / 2
+    expected = (image_to_text + text_to_image) / 2
+    assert clip_loss(image, text, torch.tensor(scale)).item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("bias", [None, -1.5])
+def test_clip_loss_equals_open_clip(bias):
+    image, text = random_features(12)
+    scale = torch.tensor(14.3)
+    logit_bias = None if bias is None else torch.tensor(bias)
+    ours = clip_loss(image, text, scale, logit_bias)
+    theirs = ClipLoss()(image, text, scale, logit_bias)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+
+
+def test_siglip_loss_equals_open_clip():
+    image, text = random_features(12, seed=1)
+    scale, bias = torch.tensor(10.0), torch.tensor(-10.0)
+    assert torch.allclose(siglip_loss(image, text, scale, bias), SigLipLoss()(image, text, scale, bias), atol=1e-5)
+
+
+def test_text_pair_loss_uses_only_captions_with_a_translation():
+    text, pair = random_features(10, seed=2)
+    mask = torch.tensor([1, 0, 1, 1, 0, 0, 1, 1, 1, 0], dtype=torch.bool)
+    scale = torch.tensor(20.0)
+    pair_garbage = pair.clone()
+    pair_garbage[~mask] = 1e3  # rows without a translation must not matter
+    expected = ClipLoss()(text[mask], pair[mask], scale)
+    assert torch.allclose(text_pair_loss(text, pair_garbage, mask, scale), expected, atol=1e-6)
+
+    # no translation anywhere: the term is zero and its gradient finite
+    text.requires_grad_(True)
+    none = text_pair_loss(text, pair, torch.zeros(10, dtype=torch.bool), scale)
+    none.backward()
+    assert none.item() == 0.0 and torch.isfinite(text.grad).all()
+
+
+def test_contrastive_loss_combines_terms_and_refuses_siglip_without_bias():
+    image, text = random_features(6, seed=3)
+    _, pair = random_features(6, seed=4)
+    mask = torch.ones(6, dtype=torch.bool)
+    scale = torch.tensor(5.0)
+    out = ContrastiveLoss("clip", text_pair_weight=0.25)(image, text, scale, pair_features=pair, pair_mask=mask)
+    assert torch.allclose(out["loss"], out["contrastive_loss"] + 0.25 * out["text_pair_loss"])
+    assert torch.allclose(out["text_pair_loss"], ClipLoss()(text, pair, scale))
+    with pytest.raises(ValueError, match="logit_bias"):
+        ContrastiveLoss("siglip")(image, text, scale)
+    with pytest.raises(ValueError, match="loss kind"):
+        ContrastiveLoss("triplet")
+
+
+@pytest.mark.slow
+def test_two_process_gradients_equal_single_process_full_batch(tmp_path):
+    mp.spawn(distributed_worker, args=(str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=WORLD, join=True)
+    per_rank = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    model = TinyTowers()
+    for case in CASES:
+        full_loss, full_grads = loss_and_grads(model, case, *global_batch())
+        for rank_results in per_rank:
+            mean_loss, grads = rank_results[case]
+            assert torch.allclose(mean_loss, full_loss, atol=1e-6), case
+            for name, grad in full_grads.items():
+                assert grad.abs().sum() > 0, (case, name)
+                assert torch.allclose(grads[name], grad, atol=1e-6), (case, name, grads[name], grad)
+    assert all("equal local batch sizes" in r["unequal"] and "[3, 4]" in r["unequal"] for r in per_rank)
