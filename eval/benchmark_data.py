@@ -1,0 +1,171 @@
+"""Benchmark splits as the evaluators use them: image names, captions per language, image files.
+
+Two readers:
+
+- :func:`load_xtd_split` — an XTD-layout folder (real XTD10 or a synthetic split): the folder is
+  searched recursively for ``test_image_names.txt`` and ``test_1kcaptions_{lang}.txt`` (``jp`` and
+  ``ja`` both accepted), every caption file line-aligned with the names.
+- :func:`load_multi30k_test2016` — Multi30K test2016: image names from
+  ``task1/image_splits/test_2016_flickr.txt``; en/de with five independent captions per image from
+  task 2 (``test_2016.{1..5}.{en,de}.gz``) for the image–text settings; en/de/fr/cs with one caption
+  per image from task 1 (``test_2016_flickr.{lang}.gz``, translations of one another) for the
+  caption-to-caption settings.
+
+Errors in the files (missing, wrong line count, unknown language) raise :class:`BenchmarkDataError`
+with a message fit for the command line.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from data_recipes.caption_files import CaptionFileError, read_lines
+from data_recipes.images import ImageFinder
+from mclip_hbt.languages import XTD_LANGS, canonical_lang
+
+XTD_NAMES_FILE = "test_image_names.txt"
+XTD_CAPTION_PREFIX = "test_1kcaptions_"
+MULTI30K_LANGS = ("en", "de", "fr", "cs")
+#: Multi30K languages with five captions per test image (task 2).
+MULTI30K_MULTI_CAPTION_LANGS = ("en", "de")
+MULTI30K_CAPTIONS_PER_IMAGE = 5
+#: How many missing image names an error message lists.
+SHOW_MISSING = 5
+
+
+class BenchmarkDataError(ValueError):
+    """A benchmark's files cannot be used as given; the message says which and why."""
+
+
+@dataclass
+class RetrievalSplit:
+    """Images and their captions, per language.
+
+    ``aligned[lang][i]`` is image ``i``'s caption in ``lang``, and the languages' captions are
+    translations of one another (caption-to-caption settings). ``captions[lang][i]`` lists every
+    caption of image ``i`` used in the image–text settings (one for XTD10, five for Multi30K en/de).
+    """
+
+    dataset: str
+    image_names: list[str]
+    aligned: dict[str, list[str]]
+    captions: dict[str, list[list[str]]]
+
+    @property
+    def languages(self) -> list[str]:
+        return list(self.captions)
+
+
+def _find_unique(root: Path, filename: str) -> Path | None:
+    found = sorted(root.rglob(filename))
+    if len(found) > 1:
+        raise BenchmarkDataError(f"{root} holds several {filename} files ({', '.join(map(str, found[:3]))}); "
+                                 "point at one split")
+    return found[0] if found else None
+
+
+def xtd_caption_files(captions_dir: str | os.PathLike) -> tuple[Path, dict[str, Path]]:
+    """The image-name file and every ``test_1kcaptions_{lang}.txt`` below ``captions_dir`` (by canonical code)."""
+    root = Path(captions_dir)
+    if not root.is_dir():
+        raise BenchmarkDataError(f"captions folder {root} does not exist")
+    names = _find_unique(root, XTD_NAMES_FILE)
+    if names is None:
+        raise BenchmarkDataError(f"no {XTD_NAMES_FILE} under {root}; expected an XTD-layout split")
+    files: dict[str, Path] = {}
+    for path in sorted(root.rglob(f"{XTD_CAPTION_PREFIX}*.txt")):
+        code = path.stem[len(XTD_CAPTION_PREFIX):]
+        try:
+            lang = canonical_lang(code)
+        except ValueError:
+            continue  # not a caption file of a language we know; listed nowhere, used nowhere
+        if lang in files:
+            raise BenchmarkDataError(f"two caption files for {lang}: {files[lang]} and {path}")
+        files[lang] = path
+    # XTD order first, then any other language in name order.
+    order = [lang for lang in XTD_LANGS if lang in files] + sorted(set(files) - set(XTD_LANGS))
+    return names, {lang: files[lang] for lang in order}
+
+
+def available_xtd_languages(captions_dir: str | os.PathLike) -> list[str]:
+    return list(xtd_caption_files(captions_dir)[1])
+
+
+def _read(path: Path) -> list[str]:
+    try:
+        return read_lines(path)
+    except CaptionFileError as e:
+        raise BenchmarkDataError(str(e)) from e
+
+
+def _check_length(path: Path, lines: list[str], expected: int, names_file: Path) -> None:
+    if len(lines) != expected:
+        raise BenchmarkDataError(f"{path} has {len(lines)} captions but {names_file} names {expected} images; "
+                                 "caption files must be line-aligned with the image names")
+
+
+def load_xtd_split(captions_dir: str | os.PathLike, langs: list[str], dataset: str = "xtd10") -> RetrievalSplit:
+    """Read an XTD-layout split for ``langs`` (canonical codes), checking every file's line count."""
+    names_file, files = xtd_caption_files(captions_dir)
+    missing = [lang for lang in langs if lang not in files]
+    if missing:
+        raise BenchmarkDataError(f"no caption file for {', '.join(missing)} under {captions_dir} "
+                                 f"(found: {', '.join(files) or 'none'})")
+    names = [n.strip() for n in _read(names_file)]
+    aligned = {}
+    for lang in langs:
+        lines = _read(files[lang])
+        _check_length(files[lang], lines, len(names), names_file)
+        aligned[lang] = lines
+    return RetrievalSplit(dataset, names, aligned, {lang: [[c] for c in caps] for lang, caps in aligned.items()})
+
+
+def load_multi30k_test2016(root: str | os.PathLike, langs: list[str]) -> RetrievalSplit:
+    """Read Multi30K test2016 for ``langs`` (a subset of en, de, fr, cs) from a checkout of multi30k/dataset."""
+    root = Path(root)
+    if not root.is_dir():
+        raise BenchmarkDataError(f"Multi30K folder {root} does not exist")
+    unknown = [lang for lang in langs if lang not in MULTI30K_LANGS]
+    if unknown:
+        raise BenchmarkDataError(f"Multi30K test2016 has no {', '.join(unknown)} captions "
+                                 f"(languages: {', '.join(MULTI30K_LANGS)})")
+
+    def need(filename: str) -> Path:
+        path = _find_unique(root, filename)
+        if path is None:
+            raise BenchmarkDataError(f"no {filename} under {root}; expected the multi30k/dataset layout")
+        return path
+
+    names_file = need("test_2016_flickr.txt")
+    names = [n.strip() for n in _read(names_file)]
+    aligned, captions = {}, {}
+    for lang in langs:
+        path = need(f"test_2016_flickr.{lang}.gz")
+        aligned[lang] = _read(path)
+        _check_length(path, aligned[lang], len(names), names_file)
+        if lang in MULTI30K_MULTI_CAPTION_LANGS:
+            per_file = []
+            for i in range(1, MULTI30K_CAPTIONS_PER_IMAGE + 1):
+                path = need(f"test_2016.{i}.{lang}.gz")
+                per_file.append(_read(path))
+                _check_length(path, per_file[-1], len(names), names_file)
+            captions[lang] = [list(caps) for caps in zip(*per_file)]
+        else:
+            captions[lang] = [[c] for c in aligned[lang]]
+    return RetrievalSplit("multi30k", names, aligned, captions)
+
+
+def find_images(images_dir: str | os.PathLike, names: list[str]) -> list[Path]:
+    """The file of every image name under ``images_dir`` (directly or in any subfolder, e.g. COCO's
+    ``train2014/``/``val2014/`` or ``images/``); raises with the count and the first few missing names."""
+    root = Path(images_dir)
+    if not root.is_dir():
+        raise BenchmarkDataError(f"images folder {root} does not exist")
+    finder = ImageFinder(root)
+    found = [finder.find(name) for name in names]
+    missing = [name for name, path in zip(names, found) if path is None]
+    if missing:
+        raise BenchmarkDataError(f"{len(missing)} of {len(names)} images are missing under {root}, e.g. "
+                                 f"{', '.join(missing[:SHOW_MISSING])}")
+    return found

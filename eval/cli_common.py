@@ -1,0 +1,105 @@
+"""Options and steps shared by the ``eval.xtd`` and ``eval.m3c`` command lines."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from mclip_hbt.hub import ModelUnavailableError
+from mclip_hbt.languages import parse_lang_list
+
+from .models import SPEC_FORMS, RetrievalModel, load_retrieval_model
+from .results import now_iso, package_versions
+
+#: The file the trainer writes into a saved model directory (alpha, seed, steps, ...).
+TRAIN_META_FILE = "train_meta.json"
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="e5-small-vit-b32", help=f"what to evaluate: {SPEC_FORMS} (default: %(default)s)")
+    parser.add_argument("--lang", nargs="+", default=["all"],
+                        help="'all' (default) or language codes, space- or comma-separated (jp and ja both mean Japanese)")
+    parser.add_argument("--text-only", action="store_true",
+                        help="only the settings that need no images (cross-lingual matrix, multilingual caption pool)")
+    parser.add_argument("--translate-test", action="store_true",
+                        help="score every language with the aligned English captions (perfect translate-test "
+                             "upper bound for an English CLIP); image-text settings only")
+    parser.add_argument("--device", default=default_device(), help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--batch-size", type=int, default=256, help="captions per text batch (default: %(default)s)")
+    parser.add_argument("--image-batch-size", type=int, default=64, help="images per image batch (default: %(default)s)")
+    parser.add_argument("--num-workers", type=int, default=2, help="image decoding worker processes (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=None, help="write the result JSON here")
+    parser.add_argument("--plot", type=Path, default=None, help="write a per-language bar plot (PNG) here")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def check_common_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse bad values before any work starts."""
+    for option in ("batch_size", "image_batch_size"):
+        if getattr(args, option) < 1:
+            parser.error(f"--{option.replace('_', '-')} must be at least 1")
+    if args.num_workers < 0:
+        parser.error("--num-workers must be 0 or more")
+    if args.text_only and args.translate_test:
+        parser.error("--translate-test scores images; it cannot be combined with --text-only")
+    try:
+        torch.device(args.device)
+    except RuntimeError as e:
+        parser.error(f"--device: {e}")
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available on this machine")
+    if args.plot is not None and args.plot.suffix.lower() != ".png":
+        parser.error("--plot must name a .png file")
+
+
+def parse_languages(parser: argparse.ArgumentParser, spec: list[str], available: list[str]) -> list[str]:
+    """``--lang`` as canonical codes; 'all' = every language ``available``; unknown codes refused."""
+    try:
+        langs = parse_lang_list([code for item in spec for code in item.split(",")], default=available)
+    except ValueError as e:
+        parser.error(f"--lang: {e}")
+    missing = [lang for lang in langs if lang not in available]
+    if missing:
+        parser.error(f"--lang: no captions for {', '.join(missing)} (available: {', '.join(available)})")
+    return langs
+
+
+def load_model_or_exit(parser: argparse.ArgumentParser, args: argparse.Namespace) -> RetrievalModel:
+    try:
+        model = load_retrieval_model(args.model, args.device)
+    except ModelUnavailableError as e:
+        parser.error(f"--model: {e}")
+    if not model.supports_images and not args.text_only:
+        parser.error(f"--model {args.model} encodes text only; add --text-only")
+    return model
+
+
+def train_meta(model: RetrievalModel) -> dict | None:
+    """The trainer's ``train_meta.json`` (alpha, seed, steps, ...) when the model is a saved run."""
+    if model.source_dir is None:
+        return None
+    path = model.source_dir / TRAIN_META_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def run_meta(args: argparse.Namespace, model: RetrievalModel, benchmark: str, langs: list[str], n_images: int | dict,
+             started: float) -> dict:
+    meta = {"benchmark": benchmark, "model": args.model, "model_name": model.name, "pretrained": model.pretrained,
+            "languages": langs, "n_images": n_images, "device": str(args.device),
+            "seconds": round(time.perf_counter() - started, 2), "date": now_iso(), "versions": package_versions(),
+            "text_only": bool(args.text_only), "translate_test": bool(args.translate_test),
+            "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    if model.unreadable_images:
+        meta["unreadable_images"] = [str(p) for p in model.unreadable_images]
+    train = train_meta(model)
+    if train is not None:
+        meta["train"] = train
+    return meta

@@ -1,0 +1,62 @@
+"""Evaluate one model on one split: encode every distinct caption and every image once, then score
+every setting from those embeddings (``eval.settings``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import settings
+from .benchmark_data import RetrievalSplit
+from .models import RetrievalModel
+
+
+@dataclass
+class SplitResult:
+    #: One CLIP_benchmark-style record per language (image–text settings; empty when text-only).
+    records: list[dict]
+    #: The split's summary (shape documented in ``eval.results``).
+    summary: dict
+
+
+def _monolingual_captions(split: RetrievalSplit, lang: str, translate_test: bool) -> list[list[str]]:
+    """Each image's captions scored for ``lang``; under translate-test the aligned English caption
+    stands in for them (a perfect-translation upper bound for an English-only model)."""
+    if translate_test:
+        return [[caption] for caption in split.aligned["en"]]
+    return split.captions[lang]
+
+
+def evaluate_split(split: RetrievalSplit, model: RetrievalModel, *, langs: list[str], image_paths: list[Path] | None,
+                   translate_test: bool = False, batch_size: int = 256, image_batch_size: int = 64,
+                   num_workers: int = 2, device: str | torch.device = "cpu", progress: bool = True) -> SplitResult:
+    """Score ``langs`` of ``split``. ``image_paths=None`` runs only the caption-to-caption settings;
+    ``translate_test`` runs only the image–text settings."""
+    mono = {lang: _monolingual_captions(split, lang, translate_test) for lang in langs} if image_paths else {}
+    aligned = {} if translate_test else {lang: split.aligned[lang] for lang in langs}
+
+    texts = list(dict.fromkeys([c for caps in mono.values() for image in caps for c in image]
+                               + [c for caps in aligned.values() for c in caps]))
+    row = {text: i for i, text in enumerate(texts)}
+    emb = model.encode_texts(texts, batch_size=batch_size, progress=progress)
+
+    summary: dict = {"monolingual": {}, "crosslingual": None, "multilingual_image": None, "multilingual_text": None}
+    records = []
+    aligned_emb = {lang: emb[[row[c] for c in caps]] for lang, caps in aligned.items()}
+    if image_paths:
+        image_emb = model.encode_images(image_paths, batch_size=image_batch_size, num_workers=num_workers,
+                                        progress=progress)
+        for lang, caps in mono.items():
+            flat = [(i, c) for i, image in enumerate(caps) for c in image]
+            text_emb = emb[[row[c] for _, c in flat]]
+            text_image = torch.tensor([i for i, _ in flat])
+            recalls, summary["monolingual"][lang] = settings.monolingual(text_emb, text_image, image_emb, device)
+            records.append({"dataset": split.dataset, "model": model.name, "pretrained": model.pretrained,
+                            "task": "zeroshot_retrieval", "language": lang, "metrics": recalls})
+        if aligned_emb:
+            summary["multilingual_image"] = settings.multilingual_image(image_emb, aligned_emb, device)
+    if len(aligned_emb) >= 2:
+        summary["crosslingual"] = settings.crosslingual(aligned_emb, device)
+        summary["multilingual_text"] = settings.multilingual_text(aligned_emb, device)
+    return SplitResult(records, summary)

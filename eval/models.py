@@ -1,0 +1,177 @@
+"""Load anything the evaluators can score, behind one small interface.
+
+``load_retrieval_model(spec, device)`` accepts:
+
+- a saved mclip_hbt directory (``MultilingualCLIP.from_pretrained``);
+- a preset name of ``mclip_hbt.model.create_model`` (``tiny``, ``e5-small-vit-b32``, ...);
+- ``open_clip:ARCH:TAG`` — any open_clip model; ``TAG`` is a pretrained tag or a local checkpoint
+  path; ``open_clip:ARCH`` alone is a randomly initialised model;
+- ``bundled:multilingual-e5-small`` or ``hf:NAME_OR_PATH`` — a bare text encoder (mean pooling,
+  "query: " prefix as E5 expects, no projection): text-only settings only.
+
+Texts are encoded in batches of similar token length (``mclip_hbt.encoding``); images through a
+``DataLoader`` with worker processes. Embeddings come back L2-normalised, float32, on the CPU, in
+input order. On CUDA the forward passes run under bfloat16 autocast, as CLIP_benchmark runs under AMP.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from mclip_hbt.encoding import encode_in_length_order
+from mclip_hbt.hub import ModelUnavailableError, load_or_explain
+from mclip_hbt.model import CONFIG_NAME, PRESETS, MultilingualCLIP, create_model
+from mclip_hbt.text_tower import TextTower
+
+OPEN_CLIP_PREFIX = "open_clip:"
+HF_PREFIX = "hf:"
+BUNDLED_PREFIX = "bundled:"
+SPEC_FORMS = (f"a saved model directory, a preset ({', '.join(PRESETS)}), open_clip:ARCH[:TAG_OR_CHECKPOINT], "
+              "bundled:multilingual-e5-small or hf:NAME_OR_PATH")
+
+
+class ImageFiles(Dataset):
+    """Decoded, preprocessed images; a file that cannot be decoded yields a black image and ``ok=False``."""
+
+    def __init__(self, paths: Sequence[Path], preprocess: Callable[[Image.Image], torch.Tensor]):
+        self.paths = list(paths)
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, bool]:
+        try:
+            with Image.open(self.paths[i]) as img:
+                return self.preprocess(img.convert("RGB")), True
+        except (OSError, ValueError):
+            return self.preprocess(Image.new("RGB", (224, 224))), False
+
+
+@dataclass
+class RetrievalModel:
+    """A model reduced to what retrieval needs: normalised text and image embeddings."""
+
+    name: str
+    pretrained: str
+    module: nn.Module
+    tokenize: Callable[[list[str]], Mapping[str, torch.Tensor]]
+    text_features: Callable[[Mapping[str, torch.Tensor]], torch.Tensor]
+    image_features: Callable[[torch.Tensor], torch.Tensor] | None = None
+    preprocess: Callable[[Image.Image], torch.Tensor] | None = None
+    device: torch.device = torch.device("cpu")
+    #: Folder the weights came from (a saved model directory), else None.
+    source_dir: Path | None = None
+    #: Image files the last :meth:`encode_images` call could not decode (scored as black images).
+    unreadable_images: list[Path] = field(default_factory=list)
+
+    @property
+    def supports_images(self) -> bool:
+        return self.image_features is not None
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256, progress: bool = True) -> torch.Tensor:
+        def encode(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            with self._autocast():
+                features = self.text_features(batch)
+            return F.normalize(features.float(), dim=-1).cpu()
+
+        return encode_in_length_order(texts, self.tokenize, encode, batch_size, progress=progress)
+
+    def encode_images(self, paths: Sequence[Path], batch_size: int = 64, num_workers: int = 2,
+                      progress: bool = True) -> torch.Tensor:
+        if not self.supports_images:
+            raise ValueError(f"{self.name} is a text encoder only; it cannot encode images")
+        loader = DataLoader(ImageFiles(paths, self.preprocess), batch_size=batch_size, num_workers=num_workers,
+                            pin_memory=self.device.type == "cuda", persistent_workers=False)
+        out, failed, seen = [], [], 0
+        with torch.inference_mode(), tqdm(total=len(paths), desc="images", unit="img", disable=not progress) as bar:
+            for pixels, ok in loader:
+                with self._autocast():
+                    features = self.image_features(pixels.to(self.device, non_blocking=True))
+                out.append(F.normalize(features.float(), dim=-1).cpu())
+                failed.extend(i for i, good in enumerate(ok.tolist(), start=seen) if not good)
+                seen += len(pixels)
+                bar.update(len(pixels))
+        self.unreadable_images = [Path(paths[i]) for i in failed]
+        if failed:
+            print(f"warning: {len(failed)} image(s) could not be decoded and were scored as black images, e.g. "
+                  f"{', '.join(str(paths[i]) for i in failed[:5])}", file=sys.stderr)
+        return torch.cat(out)
+
+
+def _from_mclip(model: MultilingualCLIP, name: str, pretrained: str, device: torch.device,
+                source_dir: Path | None = None) -> RetrievalModel:
+    model = model.to(device).eval()
+    return RetrievalModel(name=name, pretrained=pretrained, module=model, tokenize=model.tokenize,
+                          text_features=lambda tokens: model.encode_text(tokens, normalize=False),
+                          image_features=lambda pixels: model.encode_image(pixels, normalize=False),
+                          preprocess=model.preprocess, device=device, source_dir=source_dir)
+
+
+def _from_open_clip(spec: str, device: torch.device) -> RetrievalModel:
+    arch, _, tag = spec[len(OPEN_CLIP_PREFIX):].partition(":")
+    if arch not in open_clip.list_models():
+        raise ModelUnavailableError(f"unknown open_clip architecture {arch!r}; see open_clip.list_models()")
+    model, _, preprocess = load_or_explain(
+        lambda: open_clip.create_model_and_transforms(arch, pretrained=tag or None, device=device),
+        "open_clip model", spec)
+    tokenizer = open_clip.get_tokenizer(arch)
+    model.eval()
+
+    def tokenize(texts: list[str]) -> dict[str, torch.Tensor]:
+        ids = tokenizer(texts)
+        # open_clip text towers take fixed-length input (pooling by position, positional tables),
+        # so report every position as used: batches are never trimmed.
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    return RetrievalModel(name=arch, pretrained=tag or "random-init", module=model, tokenize=tokenize,
+                          text_features=lambda tokens: model.encode_text(tokens["input_ids"]),
+                          image_features=model.encode_image, preprocess=preprocess, device=device)
+
+
+def _from_text_encoder(name: str, device: torch.device) -> RetrievalModel:
+    tower = TextTower.from_name(name, pooling="mean", prefix="query: ").to(device).eval()
+    return RetrievalModel(name=name, pretrained="text-encoder (mean pooling, 'query: ' prefix)", module=tower,
+                          tokenize=tower.tokenize, text_features=tower, device=device)
+
+
+def load_retrieval_model(spec: str, device: str | torch.device = "cpu") -> RetrievalModel:
+    """Load ``spec`` (see the module docstring); raise :class:`ModelUnavailableError` with a plain
+    message when it cannot be loaded."""
+    device = torch.device(device)
+    try:
+        if spec.startswith(OPEN_CLIP_PREFIX):
+            return _from_open_clip(spec, device)
+        if spec.startswith(HF_PREFIX):
+            return _from_text_encoder(spec[len(HF_PREFIX):], device)
+        if spec.startswith(BUNDLED_PREFIX):
+            return _from_text_encoder(spec, device)
+        if (Path(spec) / CONFIG_NAME).is_file():
+            return _from_mclip(MultilingualCLIP.from_pretrained(spec), name=os.path.abspath(spec),
+                               pretrained="saved", device=device, source_dir=Path(spec))
+        if spec in PRESETS:
+            model = create_model(spec)
+            return _from_mclip(model, name=spec, pretrained=model.config.vision_pretrained or "preset", device=device)
+    except ModelUnavailableError:
+        raise
+    except (OSError, ValueError, RuntimeError, ImportError, KeyError) as err:
+        raise ModelUnavailableError(f"cannot load model {spec!r}: {type(err).__name__}: {err}") from err
+    raise ModelUnavailableError(f"model {spec!r} is not recognised; give {SPEC_FORMS}")

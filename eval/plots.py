@@ -1,0 +1,71 @@
+"""Figures: our per-language scores beside published reference rows, and metrics against α."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never a display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .references import ReferenceRow  # noqa: E402
+
+
+@dataclass
+class LanguagePanel:
+    """One bar chart: our scores per language (fractions) and reference rows of the same metric."""
+
+    title: str
+    ylabel: str
+    ours_label: str
+    ours: dict[str, float]
+    references: Sequence[ReferenceRow] = field(default_factory=list)
+
+
+def plot_language_panels(panels: Sequence[LanguagePanel], path: str | Path) -> Path:
+    """Grouped bars per language (ours first, then each reference row marked "(published)"), in percent."""
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(6.0, 0.9 * max(len(p.ours) for p in panels) + 3),
+                                                      3.8 * len(panels)), squeeze=False)
+    for ax, panel in zip(axes[:, 0], panels):
+        langs = list(panel.ours)
+        series = [(panel.ours_label, panel.ours)] + [(r.label, r.fractions()) for r in panel.references]
+        width = 0.8 / len(series)
+        for s, (label, values) in enumerate(series):
+            xs = [i + (s - (len(series) - 1) / 2) * width for i in range(len(langs))]
+            heights = [100 * values[lang] if lang in values else 0.0 for lang in langs]
+            ax.bar(xs, heights, width, label=label, hatch=None if s == 0 else "//", alpha=1.0 if s == 0 else 0.6)
+        ax.set_xticks(range(len(langs)), langs)
+        ax.set_ylabel(panel.ylabel)
+        ax.set_ylim(0, 100)
+        ax.set_title(panel.title)
+        ax.legend(fontsize="x-small", loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_against_alpha(series: Mapping[str, Mapping[float, tuple[float, float]]], ylabel: str, title: str,
+                       path: str | Path, styles: Mapping[str, str] | None = None) -> Path:
+    """Lines of ``series[name][alpha] = (mean, std)``; ``styles[name]`` is a matplotlib line style."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, points in series.items():
+        alphas = sorted(points)
+        means = [points[a][0] for a in alphas]
+        stds = [points[a][1] for a in alphas]
+        ax.errorbar(alphas, means, yerr=stds, label=name, marker="o", capsize=3,
+                    linestyle=(styles or {}).get(name, "-"))
+    ax.set_xlabel("α (probability of a monolingual batch)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize="x-small", ncol=2)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

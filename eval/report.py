@@ -1,0 +1,258 @@
+"""Merge evaluation results of runs trained with different α into one table and α plots.
+
+    python -m eval.report runs/alpha0.0 runs/alpha0.5 runs/alpha1.0 --out report/
+    python -m eval.report a.json b.json --label a.json alpha=0.5,seed=0 --label b.json alpha=1,seed=0 --out report/
+
+Inputs are result JSONs of ``eval.xtd``/``eval.m3c`` or folders searched recursively for them.
+A run's α and seed come from the result's ``meta.train`` (the evaluator copies the trainer's
+``train_meta.json`` there when ``--model`` is a saved run), else from ``--label PATH alpha=A,seed=S``.
+Results with the same α and benchmark are averaged over seeds (mean ± sample standard deviation).
+
+Writes ``OUT/report.md`` (rows α; per-language text→image R@10 grouped as high-resource /
+low-resource / unseen, group means, multilingual mAP and rank distance), ``OUT/report.json`` and,
+per benchmark, ``OUT/<benchmark>_r10_vs_alpha.png``, ``OUT/<benchmark>_map_vs_alpha.png`` and
+``OUT/<benchmark>_rank_distance_vs_alpha.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from data_recipes.shards import write_json_atomic
+from data_recipes.synth_scenes import resolve_profile
+from mclip_hbt.languages import canonical_lang
+
+from .plots import plot_against_alpha
+
+GROUP_STYLES = {"high": "-", "low": "--", "unseen": ":", "other": "-."}
+
+
+@dataclass
+class RunResult:
+    path: Path
+    alpha: float
+    seed: int | None
+    summaries: dict[str, dict]  # benchmark (part) → summary
+
+
+def default_groups() -> dict[str, list[str]]:
+    """high / low / unseen languages of synth_scenes' default training profile."""
+    _, fractions = resolve_profile("default")
+    return {"high": [lang for lang, p in fractions.items() if p == 1.0],
+            "low": [lang for lang, p in fractions.items() if 0.0 < p < 1.0],
+            "unseen": [lang for lang, p in fractions.items() if p == 0.0]}
+
+
+def parse_groups(spec: str) -> dict[str, list[str]]:
+    """``"high=en,de;low=it,pl;unseen=ru"`` → ``{"high": ["en", "de"], ...}`` (codes canonicalised)."""
+    groups: dict[str, list[str]] = {}
+    for part in filter(None, (p.strip() for p in spec.split(";"))):
+        name, sep, codes = part.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"group {part!r} is not NAME=lang,lang,...")
+        groups[name.strip()] = [canonical_lang(c) for c in codes.split(",") if c.strip()]
+    if not groups:
+        raise ValueError("no groups given")
+    return groups
+
+
+def parse_label(text: str) -> tuple[float, int | None]:
+    """``"alpha=0.5,seed=1"`` → (0.5, 1); the seed may be left out."""
+    fields = dict(item.split("=", 1) for item in text.split(",") if "=" in item)
+    if "alpha" not in fields:
+        raise ValueError(f"label {text!r} has no alpha=")
+    return float(fields["alpha"]), int(fields["seed"]) if "seed" in fields else None
+
+
+def is_result_document(doc: object) -> bool:
+    return isinstance(doc, dict) and {"results", "summary", "meta"} <= doc.keys()
+
+
+def find_result_files(paths: list[Path]) -> list[Path]:
+    files = []
+    for path in paths:
+        candidates = sorted(path.rglob("*.json")) if path.is_dir() else [path]
+        for file in candidates:
+            try:
+                if is_result_document(json.loads(file.read_text(encoding="utf-8"))):
+                    files.append(file)
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                continue
+    return files
+
+
+def summaries_by_benchmark(doc: dict) -> dict[str, dict]:
+    """XTD documents carry one summary; M3C documents one per part."""
+    summary = doc["summary"]
+    if "monolingual" in summary:
+        return {doc["meta"].get("benchmark", "xtd10"): summary}
+    return dict(summary)
+
+
+def load_run(file: Path, labels: dict[Path, str]) -> RunResult:
+    doc = json.loads(file.read_text(encoding="utf-8"))
+    train = doc["meta"].get("train")
+    where = file.resolve()
+    label = next((text for path, text in labels.items() if path.resolve() in (where, *where.parents)), None)
+    if train and "alpha" in train:
+        alpha, seed = float(train["alpha"]), train.get("seed")
+    elif label is not None:
+        alpha, seed = parse_label(label)
+    else:
+        raise ValueError(f"{file} names no α (no meta.train); give --label {file} alpha=A,seed=S")
+    return RunResult(file, alpha, seed, summaries_by_benchmark(doc))
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def aggregate(runs: list[RunResult], groups: dict[str, list[str]]) -> dict[str, dict[float, dict]]:
+    """benchmark → α → {"n": runs, "seeds", "t2i_r@10": {lang: (mean, std)}, "groups": {group: (mean, std)},
+    "image_map", "text_map", "rank_distance": (mean, std)}, from the runs' per-seed values."""
+    samples: dict[str, dict[float, dict[str, list]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for run in runs:
+        for bench, summary in run.summaries.items():
+            s = samples[bench][run.alpha]
+            s["seeds"].append(run.seed)
+            mono = summary["monolingual"]
+            for lang, metrics in mono.items():
+                s[f"lang:{lang}"].append(metrics["t2i_r@10"])
+            for group, langs in groups.items():
+                present = [mono[lang]["t2i_r@10"] for lang in langs if lang in mono]
+                if present:
+                    s[f"group:{group}"].append(statistics.fmean(present))
+            if summary["multilingual_image"]:
+                s["image_map"].append(summary["multilingual_image"]["map"])
+            if summary["multilingual_text"]:
+                s["text_map"].append(summary["multilingual_text"]["map"])
+                s["rank_distance"].append(summary["multilingual_text"]["rank_distance"])
+    out: dict[str, dict[float, dict]] = {}
+    for bench, by_alpha in samples.items():
+        out[bench] = {}
+        for alpha, s in sorted(by_alpha.items()):
+            row = {"n": len(s["seeds"]), "seeds": s["seeds"],
+                   "t2i_r@10": {k[5:]: _mean_std(v) for k, v in s.items() if k.startswith("lang:")},
+                   "groups": {k[6:]: _mean_std(v) for k, v in s.items() if k.startswith("group:")}}
+            for key in ("image_map", "text_map", "rank_distance"):
+                row[key] = _mean_std(s[key]) if s[key] else None
+            out[bench][alpha] = row
+    return out
+
+
+def _cell(value: tuple[float, float] | None, scale: float = 100.0, digits: int = 1) -> str:
+    if value is None:
+        return "–"
+    mean, std = value
+    return f"{mean * scale:.{digits}f}" + (f" ± {std * scale:.{digits}f}" if std else "")
+
+
+def language_columns(table: dict[float, dict], groups: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Languages present in the results, grouped as given; those in no group go to "other"."""
+    present = list(dict.fromkeys(lang for row in table.values() for lang in row["t2i_r@10"]))
+    columns = {g: [lang for lang in langs if lang in present] for g, langs in groups.items()}
+    other = [lang for lang in present if not any(lang in langs for langs in groups.values())]
+    if other:
+        columns["other"] = other
+    return {g: langs for g, langs in columns.items() if langs}
+
+
+def markdown_table(bench: str, table: dict[float, dict], groups: dict[str, list[str]]) -> str:
+    columns = language_columns(table, groups)
+    head = ["α", "runs"] + [f"{g}: {lang}" for g, langs in columns.items() for lang in langs]
+    head += [f"{g} mean" for g in columns] + ["img→ml mAP", "txt→ml mAP", "rank distance"]
+    lines = [f"### {bench}: text→image R@10 (%) by caption language, multilingual settings",
+             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for alpha, row in table.items():
+        cells = [f"{alpha:g}", str(row["n"])]
+        cells += [_cell(row["t2i_r@10"].get(lang)) for langs in columns.values() for lang in langs]
+        cells += [_cell(row["groups"].get(g)) for g in columns]
+        cells += [_cell(row["image_map"]), _cell(row["text_map"]), _cell(row["rank_distance"], scale=1.0)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_plots(bench: str, table: dict[float, dict], groups: dict[str, list[str]], out: Path) -> list[Path]:
+    columns = language_columns(table, groups)
+    percent = lambda v: (100 * v[0], 100 * v[1])  # noqa: E731
+    paths = []
+    if columns:
+        series, styles = {}, {}
+        for group, langs in columns.items():
+            for lang in langs:
+                name = f"{lang} ({group})"
+                series[name] = {a: percent(row["t2i_r@10"][lang]) for a, row in table.items() if lang in row["t2i_r@10"]}
+                styles[name] = GROUP_STYLES.get(group, "-")
+        paths.append(plot_against_alpha(series, "text→image R@10 (%)", f"{bench}: R@10 per language against α",
+                                        out / f"{bench}_r10_vs_alpha.png", styles))
+    maps = {name: {a: percent(row[key]) for a, row in table.items() if row[key]}
+            for name, key in (("image → multilingual captions", "image_map"),
+                              ("caption → multilingual captions", "text_map"))}
+    maps = {name: points for name, points in maps.items() if points}
+    if maps:
+        paths.append(plot_against_alpha(maps, "mAP (%)", f"{bench}: multilingual mAP against α",
+                                        out / f"{bench}_map_vs_alpha.png"))
+    rd = {"caption pool": {a: row["rank_distance"] for a, row in table.items() if row["rank_distance"]}}
+    if rd["caption pool"]:
+        paths.append(plot_against_alpha(rd, "rank distance (lower: less language bias)",
+                                        f"{bench}: rank distance against α", out / f"{bench}_rank_distance_vs_alpha.png"))
+    return paths
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m eval.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("inputs", nargs="+", type=Path, metavar="RESULT_OR_RUN_DIR",
+                        help="result JSONs, or folders searched recursively for them")
+    parser.add_argument("--out", type=Path, required=True, help="folder for report.md, report.json and the plots")
+    parser.add_argument("--groups", default=None,
+                        help="language groups, e.g. 'high=en,de,es,fr,zh;low=it,pl,tr;unseen=ru,ko,ja' "
+                             "(default: the synth_scenes default profile's groups)")
+    parser.add_argument("--label", nargs=2, action="append", default=[], metavar=("PATH", "ALPHA_SEED"),
+                        help="α and seed for results without meta.train: PATH alpha=A,seed=S (repeatable; "
+                             "PATH is a result file or a folder holding some)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        groups = parse_groups(args.groups) if args.groups else default_groups()
+        labels = {}
+        for path, text in args.label:
+            parse_label(text)  # refuse a malformed label before reading anything
+            labels[Path(path)] = text
+    except ValueError as e:
+        parser.error(str(e))
+    missing = [str(p) for p in args.inputs if not p.exists()]
+    if missing:
+        parser.error(f"no such file or folder: {', '.join(missing)}")
+    files = find_result_files(args.inputs)
+    if not files:
+        parser.error("no result JSONs (from eval.xtd / eval.m3c) found in the inputs")
+    try:
+        runs = [load_run(file, labels) for file in files]
+    except ValueError as e:
+        parser.error(str(e))
+
+    tables = aggregate(runs, groups)
+    args.out.mkdir(parents=True, exist_ok=True)
+    sections = [markdown_table(bench, table, groups) for bench, table in tables.items()]
+    report = "\n\n".join(sections) + "\n"
+    (args.out / "report.md").write_text(report, encoding="utf-8")
+    write_json_atomic(args.out / "report.json", {
+        "groups": groups, "inputs": [str(r.path) for r in runs],
+        "benchmarks": {b: {str(a): row for a, row in t.items()} for b, t in tables.items()}})
+    plots = [p for bench, table in tables.items() for p in write_plots(bench, table, groups, args.out)]
+    print(report)
+    print(f"{len(runs)} result file(s); wrote {args.out / 'report.md'}, {args.out / 'report.json'}"
+          + "".join(f", {p}" for p in plots))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,101 @@
+"""The result JSON the evaluators write, and its printed table.
+
+Shape (recalls, mAP as fractions in [0, 1]; rank distances in ranks; ranks start at 1)::
+
+    {
+      "results": [                          # CLIP_benchmark's layout, one record per language
+        {"dataset": "xtd10", "model": ..., "pretrained": ..., "task": "zeroshot_retrieval",
+         "language": "de",
+         "metrics": {"image_retrieval_recall@1": .., "@5", "@10",      # text → image
+                     "text_retrieval_recall@1": .., "@5", "@10"}}      # image → text
+      ],                                    # empty for --text-only runs
+      "summary": {
+        "monolingual": {lang: {"t2i_r@1", "t2i_r@5", "t2i_r@10",
+                               "i2t_r@1", "i2t_r@5", "i2t_r@10", "mean_recall"}},   # {} if text-only
+        "crosslingual": {"r@1": {X: {Y: ..}}, "map": {X: {Y: ..}}},    # X→Y caption retrieval, X≠Y
+        "multilingual_image": {"map", "r@1", "r@5", "r@10", "rank_distance"},        # null if text-only
+        "multilingual_text": {"map", "rank_distance",
+                              "per_language": {lang: {"map", "rank_distance"}}}
+      },
+      "meta": {"benchmark", "model" (the spec given), "model_name", "pretrained", "languages",
+               "n_images", "device", "seconds", "date", "versions", "text_only", "translate_test",
+               "train" (the trainer's train_meta.json when the model is a saved run), ...}
+    }
+
+``crosslingual`` and ``multilingual_*`` are null where they do not apply (fewer than two
+languages; ``--translate-test``). ``eval.m3c`` writes the same document with ``summary`` keyed by
+part (``{"multi30k": <summary>, "mscoco-1k": <summary>}``). Published reference numbers never
+appear in this file.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import platform
+from pathlib import Path
+
+from data_recipes.shards import write_json_atomic
+
+VERSIONED_PACKAGES = ("mclip-hbt", "torch", "open_clip_torch", "transformers", "tokenizers")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def write_results(path: str | Path, records: list[dict], summary: dict, meta: dict) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, {"results": records, "summary": summary, "meta": meta})
+    return path
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _ranks(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def pivot_language(langs: list[str]) -> str:
+    """The language cross-lingual retrieval is shown against: English when present."""
+    return "en" if "en" in langs else langs[0]
+
+
+def format_summary(summary: dict, langs: list[str], title: str) -> str:
+    """Per-language rows: image–text recalls and mean recall (%), X→pivot R@1 (%), caption-pool mAP
+    (%) and rank distance; then the multilingual image-pool line."""
+    mono, cross, text_pool = summary["monolingual"], summary["crosslingual"], summary["multilingual_text"]
+    pivot = pivot_language(langs)
+    header = (f"{'lang':<5} {'t2i@1':>6} {'t2i@5':>6} {'t2i@10':>6} {'i2t@1':>6} {'i2t@5':>6} {'i2t@10':>6} "
+              f"{'meanR':>6} | {'→' + pivot + ' R@1':>9} | {'pool mAP':>8} {'pool RD':>8}")
+    lines = [title, header, "-" * len(header)]
+    for lang in langs:
+        m = mono.get(lang, {})
+        to_pivot = cross["r@1"][lang].get(pivot) if cross and lang != pivot else None
+        pool = text_pool["per_language"][lang] if text_pool else None
+        lines.append(
+            f"{lang:<5} {_pct(m.get('t2i_r@1')):>6} {_pct(m.get('t2i_r@5')):>6} {_pct(m.get('t2i_r@10')):>6} "
+            f"{_pct(m.get('i2t_r@1')):>6} {_pct(m.get('i2t_r@5')):>6} {_pct(m.get('i2t_r@10')):>6} "
+            f"{_pct(m.get('mean_recall')):>6} | {_pct(to_pivot):>9} | "
+            f"{_pct(pool['map'] if pool else None):>8} {_ranks(pool['rank_distance'] if pool else None):>8}")
+    if text_pool:
+        lines.append(f"multilingual caption pool: mAP {_pct(text_pool['map'])}  rank distance "
+                     f"{text_pool['rank_distance']:.1f}")
+    image_pool = summary["multilingual_image"]
+    if image_pool:
+        lines.append(f"multilingual image → caption pool: mAP {_pct(image_pool['map'])}  R@1/5/10 "
+                     f"{_pct(image_pool['r@1'])}/{_pct(image_pool['r@5'])}/{_pct(image_pool['r@10'])}  "
+                     f"rank distance {image_pool['rank_distance']:.1f}")
+    return "\n".join(lines)

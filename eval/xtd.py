@@ -1,0 +1,88 @@
+"""Zero-shot retrieval on XTD10 (or any XTD-layout split) in the monolingual, cross-lingual and
+multilingual settings of DESIGN §3.
+
+    python -m eval.xtd --lang all --model e5-small-vit-b32 --images COCO2014/ --out xtd10.json --plot xtd10.png
+    python -m eval.xtd --lang all --text-only --model bundled:multilingual-e5-small
+
+Each language's captions and every image are encoded once; all settings reuse those embeddings.
+The result JSON's shape is documented in ``eval.results``.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from mclip_hbt.paths import shared_data_dir
+
+from .benchmark_data import BenchmarkDataError, available_xtd_languages, find_images, load_xtd_split
+from .cli_common import (add_common_arguments, check_common_arguments, load_model_or_exit, parse_languages,
+                         run_meta)
+from .evaluate import evaluate_split
+from .plots import LanguagePanel, plot_language_panels
+from .references import load_references
+from .results import format_summary, pivot_language, write_results
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m eval.xtd", description=__doc__.split("\n\n")[0])
+    add_common_arguments(parser)
+    parser.add_argument("--images", type=Path, default=None,
+                        help="folder holding the split's images, directly or in subfolders (COCO's train2014/, "
+                             "val2014/); not needed with --text-only")
+    parser.add_argument("--captions", type=Path, default=None,
+                        help="XTD-layout caption folder (default: xtd10/ in $MCLIP_HBT_DATA or ../shared/data)")
+    parser.add_argument("--dataset", default="xtd10", help="dataset name written into the result records (default: %(default)s)")
+    return parser
+
+
+def xtd_panel(summary: dict, langs: list[str], dataset: str, model_name: str) -> LanguagePanel:
+    """Text→image R@10 beside the published XTD10 rows; for text-only runs X→pivot caption R@1."""
+    if summary["monolingual"]:
+        return LanguagePanel(title=f"{dataset}: text→image R@10", ylabel="R@10 (%)", ours_label=model_name,
+                             ours={lang: summary["monolingual"][lang]["t2i_r@10"] for lang in langs},
+                             references=load_references(dataset))
+    pivot = pivot_language(langs)
+    return LanguagePanel(title=f"{dataset}: caption X→{pivot} R@1", ylabel="R@1 (%)", ours_label=model_name,
+                         ours={lang: summary["crosslingual"]["r@1"][lang][pivot] for lang in langs if lang != pivot})
+
+
+def main(argv: list[str] | None = None) -> int:
+    started = time.perf_counter()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_common_arguments(parser, args)
+    captions_dir = args.captions or shared_data_dir() / "xtd10"
+    try:
+        available = available_xtd_languages(captions_dir)
+    except BenchmarkDataError as e:
+        parser.error(f"--captions: {e}")
+    langs = parse_languages(parser, args.lang, available)
+    if args.text_only and len(langs) < 2:
+        parser.error("--text-only settings compare languages: give at least two with --lang")
+    if not args.text_only and args.images is None:
+        parser.error("--images is required (or use --text-only)")
+    if args.translate_test and "en" not in available:
+        parser.error("--translate-test needs English captions in --captions")
+    try:
+        split = load_xtd_split(captions_dir, sorted(set(langs) | ({"en"} if args.translate_test else set()),
+                                                    key=available.index), dataset=args.dataset)
+        image_paths = None if args.text_only else find_images(args.images, split.image_names)
+    except BenchmarkDataError as e:
+        parser.error(str(e))
+    model = load_model_or_exit(parser, args)
+
+    result = evaluate_split(split, model, langs=langs, image_paths=image_paths, translate_test=args.translate_test,
+                            batch_size=args.batch_size, image_batch_size=args.image_batch_size,
+                            num_workers=args.num_workers, device=args.device, progress=not args.no_progress)
+    meta = run_meta(args, model, args.dataset, langs, len(split.image_names), started)
+    print(format_summary(result.summary, langs, f"{args.dataset} — {args.model} ({meta['seconds']:.0f} s)"))
+    if args.out:
+        print(f"results: {write_results(args.out, result.records, result.summary, meta)}")
+    if args.plot:
+        print(f"plot: {plot_language_panels([xtd_panel(result.summary, langs, args.dataset, model.name)], args.plot)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

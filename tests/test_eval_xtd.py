@@ -1,0 +1,160 @@
+"""eval.xtd end to end: a synthetic XTD-layout split with the tiny model, the real XTD10 captions,
+and every user error answered by one plain message (exit 2, no traceback)."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from data_recipes.synth_scenes import generate
+from eval import xtd
+from eval.benchmark_data import load_xtd_split
+from mclip_hbt.languages import XTD_LANGS
+from mclip_hbt.paths import REPO_ROOT
+
+SUMMARY_KEYS = {"monolingual", "crosslingual", "multilingual_image", "multilingual_text"}
+MONO_KEYS = {"t2i_r@1", "t2i_r@5", "t2i_r@10", "i2t_r@1", "i2t_r@5", "i2t_r@10", "mean_recall"}
+RECORD_METRICS = {f"{d}_retrieval_recall@{k}" for d in ("image", "text") for k in (1, 5, 10)}
+
+
+def run_cli(module: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def synth_split(tmp_path_factory) -> Path:
+    """A 20-image XTD-layout split in all 11 languages (images under images/)."""
+    out = tmp_path_factory.mktemp("synth")
+    generate(out, train_samples=1, test_samples=20, image_size=32, progress=False)
+    return out / "test"
+
+
+def copy_split(split: Path, dest: Path) -> Path:
+    shutil.copytree(split, dest)
+    return dest
+
+
+def test_end_to_end_all_languages_with_the_tiny_model(synth_split, tmp_path):
+    out, plot = tmp_path / "xtd.json", tmp_path / "xtd.png"
+    proc = run_cli("eval.xtd", "--lang", "all", "--model", "tiny", "--images", synth_split, "--captions", synth_split,
+                   "--out", out, "--plot", plot, "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    assert [r["language"] for r in doc["results"]] == list(XTD_LANGS)
+    for record in doc["results"]:
+        assert record["task"] == "zeroshot_retrieval" and record["model"] == "tiny"
+        assert set(record["metrics"]) == RECORD_METRICS
+        assert all(0.0 <= v <= 1.0 for v in record["metrics"].values())
+    summary = doc["summary"]
+    assert set(summary) == SUMMARY_KEYS
+    assert set(summary["monolingual"]) == set(XTD_LANGS)
+    assert all(set(m) == MONO_KEYS for m in summary["monolingual"].values())
+    assert {x: set(row) for x, row in summary["crosslingual"]["r@1"].items()} == \
+        {x: set(XTD_LANGS) - {x} for x in XTD_LANGS}
+    assert set(summary["multilingual_image"]) == {"map", "r@1", "r@5", "r@10", "rank_distance"}
+    assert set(summary["multilingual_text"]["per_language"]) == set(XTD_LANGS)
+    # Image pool: 20 images × 11 captions, 11 relevant each → rank distance at least 10, at most 219.
+    assert 10 <= summary["multilingual_image"]["rank_distance"] <= 219
+    assert doc["meta"]["n_images"] == 20 and doc["meta"]["text_only"] is False
+    assert plot.stat().st_size > 0
+    assert "multilingual caption pool" in proc.stdout and "ko" in proc.stdout
+
+
+def test_text_only_accepts_jp_and_keeps_the_order_given(synth_split, tmp_path, capsys):
+    out = tmp_path / "text.json"
+    assert xtd.main(["--lang", "jp,en", "--text-only", "--model", "tiny", "--captions", str(synth_split),
+                     "--out", str(out), "--no-progress"]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["meta"]["languages"] == ["ja", "en"] and doc["meta"]["text_only"] is True
+    assert doc["results"] == [] and doc["summary"]["monolingual"] == {}
+    assert doc["summary"]["multilingual_image"] is None
+    assert set(doc["summary"]["crosslingual"]["map"]) == {"ja", "en"}
+
+
+def test_translate_test_scores_english_captions_for_every_language(synth_split, tmp_path):
+    out = tmp_path / "tt.json"
+    assert xtd.main(["--lang", "en,de,ko", "--translate-test", "--model", "tiny", "--images", str(synth_split),
+                     "--captions", str(synth_split), "--out", str(out), "--no-progress"]) == 0
+    doc = json.loads(out.read_text())
+    mono = doc["summary"]["monolingual"]
+    assert mono["de"] == mono["en"] == mono["ko"]
+    assert doc["summary"]["crosslingual"] is None and doc["meta"]["translate_test"] is True
+
+
+def exits_with_message(argv: list[str], capsys, *fragments: str) -> str:
+    with pytest.raises(SystemExit) as exc:
+        xtd.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    for fragment in fragments:
+        assert fragment in err, err
+    return err
+
+
+def test_missing_images_are_counted_and_named_before_encoding(synth_split, tmp_path, capsys):
+    split = copy_split(synth_split, tmp_path / "split")
+    names = (split / "test_image_names.txt").read_text().split()
+    for name in names[:3]:
+        (split / "images" / name).unlink()
+    exits_with_message(["--model", "tiny", "--images", str(split), "--captions", str(split)], capsys,
+                       f"3 of {len(names)} images are missing", names[0], names[2])
+
+
+def test_caption_file_of_the_wrong_length_is_refused(synth_split, tmp_path, capsys):
+    split = copy_split(synth_split, tmp_path / "split")
+    de = split / "test_1kcaptions_de.txt"
+    de.write_text("\n".join(de.read_text().splitlines()[:-2]) + "\n", encoding="utf-8")
+    exits_with_message(["--model", "tiny", "--text-only", "--captions", str(split)], capsys,
+                       "test_1kcaptions_de.txt has 18 captions", "names 20 images")
+
+
+def test_unknown_and_absent_languages_are_refused(synth_split, capsys):
+    exits_with_message(["--lang", "en,xx", "--text-only", "--captions", str(synth_split)], capsys,
+                       "--lang", "unknown language code 'xx'")
+    exits_with_message(["--lang", "en,cs", "--text-only", "--captions", str(synth_split)], capsys,
+                       "--lang", "no captions for cs")
+
+
+def test_text_encoder_without_images_needs_text_only(synth_split, capsys):
+    exits_with_message(["--model", "bundled:multilingual-e5-small", "--images", str(synth_split),
+                        "--captions", str(synth_split)], capsys, "add --text-only")
+
+
+def test_unloadable_model_gives_one_message_and_no_traceback(synth_split, tmp_path):
+    proc = run_cli("eval.xtd", "--model", str(tmp_path / "no-such-model"), "--text-only", "--captions", synth_split)
+    assert proc.returncode == 2
+    assert "--model" in proc.stderr and "not recognised" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_real_xtd10_files_are_read_with_jp_as_ja_and_no_carriage_returns(shared_data):
+    split = load_xtd_split(shared_data / "xtd10", list(XTD_LANGS))
+    assert len(split.image_names) == 1000
+    assert split.image_names[0].startswith("COCO_train2014_") and split.image_names[-1].startswith("COCO_val2014_")
+    for lang in XTD_LANGS:
+        assert len(split.aligned[lang]) == 1000
+        assert not any("\r" in c or "\n" in c for c in split.aligned[lang])
+        assert all(c.strip() for c in split.aligned[lang]), lang
+
+
+# DESIGN §5: the bundled multilingual-e5-small on XTD10 captions ("query: " prefix, mean pooling).
+E5_TO_ENGLISH_R1 = {"de": 0.924, "fr": 0.907, "es": 0.897, "it": 0.818, "zh": 0.755, "pl": 0.745, "ru": 0.691,
+                    "tr": 0.669, "ko": 0.652, "ja": 0.228}
+
+
+@pytest.mark.slow
+def test_bundled_e5_text_only_reproduces_the_design_figures(shared_data, tmp_path):
+    out = tmp_path / "e5.json"
+    proc = run_cli("eval.xtd", "--lang", "all", "--text-only", "--model", "bundled:multilingual-e5-small",
+                   "--captions", shared_data / "xtd10", "--out", out, "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(out.read_text())["summary"]
+    to_english = {x: summary["crosslingual"]["r@1"][x]["en"] for x in E5_TO_ENGLISH_R1}
+    assert to_english == pytest.approx(E5_TO_ENGLISH_R1, abs=0.02)
+    assert summary["multilingual_text"]["map"] == pytest.approx(0.181, abs=0.02)
+    assert summary["multilingual_text"]["rank_distance"] == pytest.approx(1780, abs=100)

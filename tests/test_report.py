@@ -1,0 +1,87 @@
+"""eval.report: three saved runs with different α, evaluated by eval.xtd, merged into a table and α plots."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from data_recipes.synth_scenes import generate
+from eval import report, xtd
+from mclip_hbt.model import create_model
+from mclip_hbt.paths import REPO_ROOT
+
+ALPHAS = (0.0, 0.5, 1.0)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> list[Path]:
+    """Three run folders: a saved tiny model with the trainer's train_meta.json, and eval/xtd.json."""
+    root = tmp_path_factory.mktemp("runs")
+    generate(root / "synth", train_samples=1, test_samples=20, image_size=32, progress=False)
+    split = root / "synth" / "test"
+    folders = []
+    for i, alpha in enumerate(ALPHAS):
+        run = root / f"alpha{alpha}"
+        torch.manual_seed(i)  # a different random tiny model per run, so the rows differ
+        create_model("tiny").save_pretrained(run / "model")
+        (run / "model" / "train_meta.json").write_text(json.dumps({"alpha": alpha, "seed": 0, "steps": 10}))
+        assert xtd.main(["--model", str(run / "model"), "--images", str(split), "--captions", str(split),
+                         "--dataset", "synth", "--out", str(run / "eval" / "xtd.json"), "--no-progress"]) == 0
+        folders.append(run)
+    return folders
+
+
+def test_evaluator_copies_the_training_meta(runs):
+    meta = json.loads((runs[1] / "eval" / "xtd.json").read_text())["meta"]
+    assert meta["train"] == {"alpha": 0.5, "seed": 0, "steps": 10}
+
+
+def test_report_over_three_runs_writes_table_and_alpha_plots(runs, tmp_path):
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "-m", "eval.report", *map(str, runs), "--out", str(out)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    table = (out / "report.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| α")]
+    assert [row.split("|")[1].strip() for row in rows] == ["0", "0.5", "1"]
+    header = next(line for line in table.splitlines() if line.startswith("| α"))
+    for column in ("high: en", "low: it", "unseen: ja", "high mean", "low mean", "unseen mean", "rank distance"):
+        assert column in header
+    for name in ("synth_r10_vs_alpha.png", "synth_map_vs_alpha.png", "synth_rank_distance_vs_alpha.png"):
+        assert (out / name).stat().st_size > 0
+    data = json.loads((out / "report.json").read_text())
+    assert sorted(data["benchmarks"]["synth"]) == ["0.0", "0.5", "1.0"]
+
+
+def result_doc(r10: dict[str, float], text_map: float, rd: float) -> dict:
+    mono = {lang: {"t2i_r@10": v} for lang, v in r10.items()}
+    return {"results": [], "meta": {"benchmark": "xtd10"},
+            "summary": {"monolingual": mono, "crosslingual": None, "multilingual_image": None,
+                        "multilingual_text": {"map": text_map, "rank_distance": rd, "per_language": {}}}}
+
+
+def test_labels_give_alpha_and_seeds_are_averaged(tmp_path, capsys):
+    a = tmp_path / "a.json"
+    b = tmp_path / "b.json"
+    a.write_text(json.dumps(result_doc({"en": 0.50, "ru": 0.10}, text_map=0.20, rd=100.0)))
+    b.write_text(json.dumps(result_doc({"en": 0.70, "ru": 0.30}, text_map=0.40, rd=300.0)))
+    assert report.main([str(a), str(b), "--out", str(tmp_path / "r"), "--groups", "high=en;unseen=ru",
+                        "--label", str(a), "alpha=0.5,seed=1", "--label", str(b), "alpha=0.5,seed=2"]) == 0
+    row = json.loads((tmp_path / "r" / "report.json").read_text())["benchmarks"]["xtd10"]["0.5"]
+    assert row["n"] == 2 and row["seeds"] == [1, 2]
+    assert row["t2i_r@10"]["en"] == pytest.approx([0.6, 0.1414213], abs=1e-6)  # mean, sample std
+    assert row["rank_distance"] == pytest.approx([200.0, 141.42135], abs=1e-4)
+    assert "60.0 ± 14.1" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_result_without_alpha_is_refused_with_a_hint(tmp_path, capsys):
+    a = tmp_path / "a.json"
+    a.write_text(json.dumps(result_doc({"en": 0.5}, text_map=0.2, rd=1.0)))
+    with pytest.raises(SystemExit) as exc:
+        report.main([str(a), "--out", str(tmp_path / "r")])
+    assert exc.value.code == 2
+    assert "--label" in capsys.readouterr().err
