@@ -6,6 +6,7 @@ PY     := $(VENV)/bin/python
 # local wheel cache); pyproject.toml itself only declares ranges.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: venv test demo sweep clean
 
@@ -20,6 +21,15 @@ venv: $(VENV)/.installed
 
 test: venv
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The main job on the embedded default (synthetic shards + the bundled offline encoder), runs/demo/.
+demo: venv
+	HF_HUB_OFFLINE=1 $(PY) demo.py run $(DEMO_ARGS)
+
+# alpha in {0, 0.25, 0.5, 0.75, 1} x 3 seeds on the same data and budget, then eval.report (runs/sweep/).
+SWEEP_ARGS ?=
+sweep: venv
+	HF_HUB_OFFLINE=1 $(PY) demo.py sweep $(SWEEP_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -27,9 +27,9 @@ from .benchmark_data import (MULTI30K_LANGS, BenchmarkDataError, RetrievalSplit,
 from .cli_common import (add_common_arguments, check_common_arguments, load_model_or_exit, parse_languages,
                          run_meta)
 from .evaluate import evaluate_split
-from .plots import LanguagePanel, plot_language_panels
+from .plots import language_panel, plot_language_panels
 from .references import load_references
-from .results import format_summary, pivot_language, write_results
+from .results import format_summary, write_results
 
 COCO_LANGS = ("en", "ja", "zh")
 PARTS = ("multi30k", "mscoco-1k")
@@ -58,17 +58,6 @@ def _load_part(part: str, langs: list[str], args: argparse.Namespace) -> Retriev
     if part == "multi30k":
         return load_multi30k_test2016(args.multi30k or shared_data_dir() / "multi30k", langs)
     return load_xtd_split(args.xtd_captions or shared_data_dir() / "xtd10", langs, dataset="mscoco-1k")
-
-
-def m3c_panel(part: str, summary: dict, langs: list[str], model_name: str) -> LanguagePanel:
-    """Mean recall beside the published rows (Multi30K only); for text-only runs X→pivot R@1."""
-    if summary["monolingual"]:
-        return LanguagePanel(title=f"{part}: mean recall", ylabel="mean recall (%)", ours_label=model_name,
-                             ours={lang: summary["monolingual"][lang]["mean_recall"] for lang in langs},
-                             references=load_references(part))
-    pivot = pivot_language(langs)
-    return LanguagePanel(title=f"{part}: caption X→{pivot} R@1", ylabel="R@1 (%)", ours_label=model_name,
-                         ours={lang: summary["crosslingual"]["r@1"][lang][pivot] for lang in langs if lang != pivot})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         print(f"results: {write_results(args.out, records, summary, meta)}")
     if args.plot:
-        panels = [m3c_panel(p, summary[p], part_langs[p], model.name) for p in splits]
+        panels = [language_panel(p, summary[p], part_langs[p], model.name, "mean_recall", "mean recall",
+                                 load_references(p)) for p in splits]
         print(f"plot: {plot_language_panels(panels, args.plot)}")
     return 0
 

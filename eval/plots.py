@@ -11,6 +11,7 @@ matplotlib.use("Agg")  # files only; never a display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .references import ReferenceRow  # noqa: E402
+from .results import pivot_language  # noqa: E402
 
 
 @dataclass
@@ -22,6 +23,27 @@ class LanguagePanel:
     ours_label: str
     ours: dict[str, float]
     references: Sequence[ReferenceRow] = field(default_factory=list)
+
+
+def language_panel(name: str, summary: dict, langs: Sequence[str], model_name: str, metric: str, metric_label: str,
+                   references: Sequence[ReferenceRow] = ()) -> LanguagePanel:
+    """``summary.monolingual[lang][metric]`` beside the references; for text-only runs, caption X→pivot R@1."""
+    if summary["monolingual"]:
+        return LanguagePanel(title=f"{name}: {metric_label}", ylabel=f"{metric_label} (%)", ours_label=model_name,
+                             ours={lang: summary["monolingual"][lang][metric] for lang in langs},
+                             references=references)
+    pivot = pivot_language(list(langs))
+    return LanguagePanel(title=f"{name}: caption X→{pivot} R@1", ylabel="R@1 (%)", ours_label=model_name,
+                         ours={lang: summary["crosslingual"]["r@1"][lang][pivot] for lang in langs if lang != pivot})
+
+
+def _save(fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def plot_language_panels(panels: Sequence[LanguagePanel], path: str | Path) -> Path:
@@ -41,12 +63,7 @@ def plot_language_panels(panels: Sequence[LanguagePanel], path: str | Path) -> P
         ax.set_ylim(0, 100)
         ax.set_title(panel.title)
         ax.legend(fontsize="x-small", loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_against_alpha(series: Mapping[str, Mapping[float, tuple[float, float]]], ylabel: str, title: str,
@@ -63,9 +80,4 @@ def plot_against_alpha(series: Mapping[str, Mapping[float, tuple[float, float]]]
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize="x-small", ncol=2)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

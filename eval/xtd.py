@@ -19,9 +19,9 @@ from .benchmark_data import BenchmarkDataError, available_xtd_languages, find_im
 from .cli_common import (add_common_arguments, check_common_arguments, load_model_or_exit, parse_languages,
                          run_meta)
 from .evaluate import evaluate_split
-from .plots import LanguagePanel, plot_language_panels
+from .plots import language_panel, plot_language_panels
 from .references import load_references
-from .results import format_summary, pivot_language, write_results
+from .results import format_summary, write_results
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,17 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="XTD-layout caption folder (default: xtd10/ in $MCLIP_HBT_DATA or ../shared/data)")
     parser.add_argument("--dataset", default="xtd10", help="dataset name written into the result records (default: %(default)s)")
     return parser
-
-
-def xtd_panel(summary: dict, langs: list[str], dataset: str, model_name: str) -> LanguagePanel:
-    """Text→image R@10 beside the published XTD10 rows; for text-only runs X→pivot caption R@1."""
-    if summary["monolingual"]:
-        return LanguagePanel(title=f"{dataset}: text→image R@10", ylabel="R@10 (%)", ours_label=model_name,
-                             ours={lang: summary["monolingual"][lang]["t2i_r@10"] for lang in langs},
-                             references=load_references(dataset))
-    pivot = pivot_language(langs)
-    return LanguagePanel(title=f"{dataset}: caption X→{pivot} R@1", ylabel="R@1 (%)", ours_label=model_name,
-                         ours={lang: summary["crosslingual"]["r@1"][lang][pivot] for lang in langs if lang != pivot})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         print(f"results: {write_results(args.out, result.records, result.summary, meta)}")
     if args.plot:
-        print(f"plot: {plot_language_panels([xtd_panel(result.summary, langs, args.dataset, model.name)], args.plot)}")
+        panel = language_panel(args.dataset, result.summary, langs, model.name, "t2i_r@10", "text→image R@10",
+                               load_references(args.dataset))
+        print(f"plot: {plot_language_panels([panel], args.plot)}")
     return 0
 
 

@@ -34,6 +34,8 @@ class TextTower(nn.Module):
         self.pooler = _make_pooler(pooling)
         self.prefix = prefix
         self.max_length = max_length
+        #: Run the encoder in this many length-sorted groups per batch (less padding; 1 = one pass).
+        self.length_groups = 1
 
     @classmethod
     def from_name(cls, name_or_path: str, *, pretrained: bool = True, config_overrides: Mapping | None = None,
@@ -73,6 +75,20 @@ class TextTower(nn.Module):
 
     def forward(self, tokens: Mapping[str, torch.Tensor]) -> torch.Tensor:
         input_ids, attention_mask = tokens["input_ids"], tokens["attention_mask"]
+        if self.length_groups <= 1 or input_ids.shape[0] < 2 * self.length_groups:
+            return self._pooled(input_ids, attention_mask)
+        # A contrastive batch cannot be regrouped by length, but its text forward can: rows sorted by
+        # length, run in groups each trimmed to its own longest row (right padding only, so positions
+        # and pooled values are unchanged), then put back in batch order.
+        lengths = attention_mask.sum(1)
+        order = lengths.argsort()
+        pooled = []
+        for rows in order.tensor_split(self.length_groups):
+            width = int(lengths[rows].max())
+            pooled.append(self._pooled(input_ids[rows, :width], attention_mask[rows, :width]))
+        return torch.cat(pooled)[order.argsort()]
+
+    def _pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         out = self.transformer(input_ids=input_ids, attention_mask=attention_mask)
         return self.pooler(out, attention_mask.to(out.last_hidden_state.dtype))
 

@@ -69,6 +69,7 @@ def build_model(config: TrainConfig) -> MultilingualCLIP:
         model.lock_text_tower(config.text_unlocked_layers)
     if config.freeze_word_embeddings:
         model.freeze_word_embeddings()
+    model.text.length_groups = config.text_length_groups
     if config.grad_checkpointing:
         model.visual.set_grad_checkpointing(True)
         model.text.transformer.gradient_checkpointing_enable()

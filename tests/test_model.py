@@ -183,3 +183,15 @@ def test_sigmoid_loss_models_carry_a_logit_bias(tiny):
     model = create_model("tiny", init_logit_bias=-10.0)
     out = model(_pixels(model), model.tokenize(CAPTIONS[:2]))
     assert out["logit_bias"].item() == -10.0
+
+
+def test_length_groups_change_nothing_but_the_padding(tiny):
+    tokens = tiny.tokenize(CAPTIONS * 2)
+    with torch.no_grad():
+        whole = tiny.encode_text(tokens)
+        tiny.text.length_groups = 3
+        try:
+            grouped = tiny.encode_text(tokens)
+        finally:
+            tiny.text.length_groups = 1
+    torch.testing.assert_close(grouped, whole, atol=1e-5, rtol=1e-4)
