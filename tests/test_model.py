@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
+from mclip_hbt import MultilingualCLIP, create_model
 from mclip_hbt.hub import ModelUnavailableError
-from mclip_hbt.model import MultilingualCLIP, create_model
 
 CAPTIONS = ["a red circle", "ein roter Kreis links neben einem blauen Quadrat", "赤い丸", "два синих круга"]
 
