@@ -117,10 +117,13 @@ def demo(args: argparse.Namespace) -> None:
     if "xtd10_text" in results:
         untrained = stage_eval(UNTRAINED, out.parent / "baselines" / "untrained_e5_xtd10_text.json")
     run([sys.executable, "-m", "eval.report", str(out / "eval"), "--out", str(out / "report")])
-    load = lambda p: json.loads(p.read_text()) if p else None  # noqa: E731
-    table = print_table(load(results["synth"]), load(results.get("xtd10_text")), load(untrained))
+    table = print_table(_load(results["synth"]), _load(results.get("xtd10_text")), _load(untrained))
     (out / "results_table.txt").write_text(table + "\n")
     print(f"[demo] model: {model_dir}\n[demo] report: {out / 'report' / 'report.md'}", flush=True)
+
+
+def _load(path: Path | None) -> dict | None:
+    return json.loads(path.read_text()) if path else None
 
 
 def sweep(args: argparse.Namespace) -> None:

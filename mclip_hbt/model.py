@@ -139,7 +139,7 @@ class MultilingualCLIP(nn.Module):
             raise ValueError(f"unknown projection {config.projection!r}; choose one of {PROJECTIONS}")
         self.config = config
         embed_dim, vision_cfg = resolve_vision_cfg(config)
-        self.embed_dim = embed_dim
+        self.embed_dim, self.vision_cfg = embed_dim, vision_cfg
         self.visual = _build_vision_tower(embed_dim, vision_cfg)
         preprocess = {}
         if load_vision_weights and config.vision_pretrained:
@@ -229,9 +229,8 @@ class MultilingualCLIP(nn.Module):
     # --- persistence ------------------------------------------------------------------------
     def to_config_dict(self) -> dict:
         """The saved form of the config: the resolved vision config and the text encoder's own config."""
-        embed_dim, vision_cfg = resolve_vision_cfg(self.config)
         config = dataclasses.asdict(self.config)
-        config.update(embed_dim=embed_dim, vision_cfg=vision_cfg, vision_pretrained=None,
+        config.update(embed_dim=self.embed_dim, vision_cfg=self.vision_cfg, vision_pretrained=None,
                       preprocess=dataclasses.asdict(self.preprocess_cfg),
                       text_model="saved", text_pretrained=False, text_config_overrides={})
         return {"model_type": "mclip_hbt", "format_version": 1, "architecture": config,

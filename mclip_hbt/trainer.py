@@ -41,7 +41,6 @@ class TrainingState:
 
     def __init__(self):
         self.step = 0
-        self.samples_seen = 0
         self.nonfinite_total = 0
         self.nonfinite_in_a_row = 0
 
@@ -255,7 +254,6 @@ def train(config: TrainConfig) -> Path:
         if accelerator.is_main_process:
             step_log.write(json.dumps({**batch["record"], "loss": round(losses["loss"].item(), 6)}) + "\n")
         state.step += 1
-        state.samples_seen += config.batch_size
         window_samples += config.batch_size
 
         if state.step % config.log_every == 0 or state.step == config.max_steps:
@@ -295,7 +293,7 @@ def train(config: TrainConfig) -> Path:
         unwrapped.save_pretrained(final_dir)
         meta = {"alpha": config.alpha, "seed": config.seed, "steps": state.step, "batch_size": config.batch_size,
                 "lang_distribution": config.lang_distribution, "loss": config.loss, "train_data": config.train_data,
-                "samples_seen": state.samples_seen, "nonfinite_steps": state.nonfinite_total,
+                "samples_seen": state.step * config.batch_size, "nonfinite_steps": state.nonfinite_total,
                 "data_faults": dict(faults)}
         (final_dir / TRAIN_META).write_text(json.dumps(meta, indent=2) + "\n")
         logger.info("data faults (all processes): %s", faults.summary())
