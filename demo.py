@@ -22,11 +22,10 @@ from pathlib import Path
 
 from data_recipes.synth_scenes import generate
 from eval.report import default_groups
-from mclip_hbt.bundled import bundled_model_path
+from mclip_hbt.bundled import BUNDLED_E5, bundled_model_path
 from mclip_hbt.paths import REPO_ROOT, shared_data_dir
 
 CONFIG = REPO_ROOT / "configs" / "e5-small-synth.yaml"
-UNTRAINED = "bundled:multilingual-e5-small"
 
 
 def run(cmd: list[str]) -> None:
@@ -34,8 +33,11 @@ def run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, cwd=REPO_ROOT)
 
 
-def stage_data(data_dir: Path, train_samples: int) -> Path:
+def stage_inputs(out: Path, train_samples: int) -> Path:
+    """The synthetic shards beside ``out`` (shared by the demo and every sweep run) and the bundled encoder."""
+    data_dir = out.parent / "data" / "synth"
     generate(data_dir, train_samples=train_samples, test_samples=1000, image_size=64, seed=0)
+    bundled_model_path()
     return data_dir
 
 
@@ -109,13 +111,12 @@ def print_table(synth: dict, xtd_trained: dict | None, xtd_untrained: dict | Non
 
 def demo(args: argparse.Namespace) -> None:
     out = args.out
-    data_dir = stage_data(out.parent / "data" / "synth", args.train_samples)
-    bundled_model_path()
+    data_dir = stage_inputs(out, args.train_samples)
     model_dir = stage_train(out, data_dir, args.alpha, args.seed, args.steps)
     results = evaluate_run(out, model_dir, data_dir, real_xtd=(shared_data_dir() / "xtd10").is_dir())
     untrained = None
     if "xtd10_text" in results:
-        untrained = stage_eval(UNTRAINED, out.parent / "baselines" / "untrained_e5_xtd10_text.json")
+        untrained = stage_eval(BUNDLED_E5, out.parent / "baselines" / "untrained_e5_xtd10_text.json")
     run([sys.executable, "-m", "eval.report", str(out / "eval"), "--out", str(out / "report")])
     table = print_table(_load(results["synth"]), _load(results.get("xtd10_text")), _load(untrained))
     (out / "results_table.txt").write_text(table + "\n")
@@ -128,8 +129,7 @@ def _load(path: Path | None) -> dict | None:
 
 def sweep(args: argparse.Namespace) -> None:
     out = args.out
-    data_dir = stage_data(out.parent / "data" / "synth", args.train_samples)
-    bundled_model_path()
+    data_dir = stage_inputs(out, args.train_samples)
     for alpha in args.alphas:
         for seed in args.seeds:
             run_dir = out / f"alpha{alpha:g}_seed{seed}"
@@ -139,9 +139,16 @@ def sweep(args: argparse.Namespace) -> None:
     print((out / "report" / "report.md").read_text(), flush=True)
 
 
-def _floats(text: str) -> list[float]:
-    values = [float(x) for x in text.split(",") if x.strip()]
-    if not values or any(not 0 <= v <= 1 for v in values):
+def _alpha(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"alpha must be in [0, 1], got {text}")
+    return value
+
+
+def _alphas(text: str) -> list[float]:
+    values = [_alpha(x) for x in text.split(",") if x.strip()]
+    if not values:
         raise argparse.ArgumentTypeError("give comma-separated values in [0, 1], e.g. 0,0.5,1")
     return values
 
@@ -164,10 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--train-samples", type=int, default=20000, help="synthetic training images")
         p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default: the config's)")
         if name == "run":
-            p.add_argument("--alpha", type=float, default=0.5, help="probability of a monolingual step")
+            p.add_argument("--alpha", type=_alpha, default=0.5, help="probability of a monolingual step")
             p.add_argument("--seed", type=int, default=0, help="training seed")
         else:
-            p.add_argument("--alphas", type=_floats, default=[0.0, 0.25, 0.5, 0.75, 1.0], help="alphas to train")
+            p.add_argument("--alphas", type=_alphas, default=[0.0, 0.25, 0.5, 0.75, 1.0], help="alphas to train")
             p.add_argument("--seeds", type=_ints, default=[0, 1, 2], help="seeds per alpha")
     return parser
 
@@ -177,8 +184,6 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] not in ("run", "sweep", "-h", "--help"):
         argv = ["run", *argv]
     args = build_parser().parse_args(argv)
-    if args.command == "run" and not 0 <= args.alpha <= 1:
-        build_parser().error("--alpha must be in [0, 1]")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     (demo if args.command == "run" else sweep)(args)
 

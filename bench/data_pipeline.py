@@ -15,7 +15,6 @@ import datetime
 import io
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from PIL import Image, features
 from tqdm import tqdm
 
 from data_recipes.shards import CaptionShardWriter
+from eval.results import machine_info
 from mclip_hbt.paths import REPO_ROOT
 
 # open_clip_train.data also imports pandas (for CSV datasets), which our venv lacks; the rest of what
@@ -126,11 +126,9 @@ def run_openclip_side(args) -> dict:
     return result
 
 
-def machine_info() -> dict:
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "python": platform.python_version(),
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-            "libjpeg_turbo": features.check_feature("libjpeg_turbo"),
+def pipeline_machine_info() -> dict:
+    """The shared machine facts plus what decoding speed depends on: libjpeg-turbo and the pipeline's packages."""
+    return {**machine_info(), "libjpeg_turbo": features.check_feature("libjpeg_turbo"),
             "versions": {pkg: version(pkg) for pkg in ("torch", "torchvision", "pillow", "webdataset", "open_clip_torch")}}
 
 
@@ -176,7 +174,7 @@ def main(argv=None) -> None:
         print("note: fewer than two batches per worker; the steady-state figures are missing or rough")
     ratio = ours["samples_per_s"] / theirs["samples_per_s"]
     report = {"benchmark": "data_pipeline", "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-              "machine": machine_info(),
+              "machine": pipeline_machine_info(),
               "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "openclip_only"},
               "ours": ours, "open_clip": theirs, "ratio_ours_over_open_clip": round(ratio, 3)}
     args.out.parent.mkdir(parents=True, exist_ok=True)

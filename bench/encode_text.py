@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import platform
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,14 +24,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from data_recipes.shards import write_json_atomic
 from eval.benchmark_data import load_xtd_split
-from eval.results import now_iso, package_versions
+from eval.results import machine_info, now_iso, package_versions
+from mclip_hbt.bundled import BUNDLED_E5, E5_QUERY_PREFIX
 from mclip_hbt.encoding import encode_in_length_order
 from mclip_hbt.languages import XTD_LANGS
 from mclip_hbt.paths import REPO_ROOT, shared_data_dir
 from mclip_hbt.text_tower import TextTower
 
-MODEL = "bundled:multilingual-e5-small"
-QUERY_PREFIX = "query: "
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -107,14 +105,6 @@ def recall_to_english(emb: torch.Tensor, langs: Sequence[str]) -> dict[str, floa
             for i, lang in enumerate(langs) if lang != "en"}
 
 
-def machine_info(threads: int) -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
-        else platform.processor()
-    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "torch_threads": threads, "platform": platform.platform(),
-            "load_average_at_start": list(os.getloadavg())}
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.encode_text", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=None,
@@ -147,10 +137,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    info = machine_info(args.threads)
+    info = {**machine_info(), "torch_threads": args.threads}
     split = load_xtd_split(args.data, list(XTD_LANGS))
     texts = [c for lang in XTD_LANGS for c in split.aligned[lang]]
-    tower = TextTower.from_name(MODEL, pooling="mean", prefix=QUERY_PREFIX, max_length=512).eval()
+    tower = TextTower.from_name(BUNDLED_E5, pooling="mean", prefix=E5_QUERY_PREFIX, max_length=512).eval()
 
     # The totals use the analytic count; check it against FlopCounterMode on the longest real batch.
     # (On CPU the counter sees the linear layers but not the fused SDPA kernel, so both are shown.)
@@ -209,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
 
     info["load_average_at_end"] = list(os.getloadavg())
     write_json_atomic(args.out, {
-        "benchmark": "encode_text", "model": MODEL, "captions": len(texts), "batch_size": args.batch_size,
+        "benchmark": "encode_text", "model": BUNDLED_E5, "captions": len(texts), "batch_size": args.batch_size,
         "chosen_precision": chosen, "runs": runs, "probe_model_seconds": probe_seconds,
         "skipped_precisions_matmul_peak_gflops": skipped, "flop_check": flop_check,
         "flops_note": "executed FLOPs of the padded batches (linear layers + QK^T + PV); "

@@ -139,17 +139,18 @@ def load_multi30k_test2016(root: str | os.PathLike, langs: list[str]) -> Retriev
 
     names_file = need("test_2016_flickr.txt")
     names = [n.strip() for n in _read(names_file)]
+
+    def caption_lines(filename: str) -> list[str]:
+        path = need(filename)
+        lines = _read(path)
+        _check_length(path, lines, len(names), names_file)
+        return lines
+
     aligned, captions = {}, {}
     for lang in langs:
-        path = need(f"test_2016_flickr.{lang}.gz")
-        aligned[lang] = _read(path)
-        _check_length(path, aligned[lang], len(names), names_file)
+        aligned[lang] = caption_lines(f"test_2016_flickr.{lang}.gz")
         if lang in MULTI30K_MULTI_CAPTION_LANGS:
-            per_file = []
-            for i in range(1, MULTI30K_CAPTIONS_PER_IMAGE + 1):
-                path = need(f"test_2016.{i}.{lang}.gz")
-                per_file.append(_read(path))
-                _check_length(path, per_file[-1], len(names), names_file)
+            per_file = [caption_lines(f"test_2016.{i}.{lang}.gz") for i in range(1, MULTI30K_CAPTIONS_PER_IMAGE + 1)]
             captions[lang] = [list(caps) for caps in zip(*per_file)]
         else:
             captions[lang] = [[c] for c in aligned[lang]]

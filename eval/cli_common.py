@@ -11,12 +11,10 @@ import torch
 
 from mclip_hbt.hub import ModelUnavailableError
 from mclip_hbt.languages import parse_lang_list
+from mclip_hbt.model import TRAIN_META_NAME
 
 from .models import SPEC_FORMS, RetrievalModel, load_retrieval_model
 from .results import now_iso, package_versions
-
-#: The file the trainer writes into a saved model directory (alpha, seed, steps, ...).
-TRAIN_META_FILE = "train_meta.json"
 
 
 def default_device() -> str:
@@ -86,7 +84,7 @@ def train_meta(model: RetrievalModel) -> dict | None:
     """The trainer's ``train_meta.json`` (alpha, seed, steps, ...) when the model is a saved run."""
     if model.source_dir is None:
         return None
-    path = model.source_dir / TRAIN_META_FILE
+    path = model.source_dir / TRAIN_META_NAME
     return json.loads(path.read_text()) if path.is_file() else None
 
 

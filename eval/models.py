@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from mclip_hbt.bundled import BUNDLED_PREFIX, E5_QUERY_PREFIX
 from mclip_hbt.encoding import encode_in_length_order
 from mclip_hbt.hub import ModelUnavailableError, load_or_explain
 from mclip_hbt.model import CONFIG_NAME, PRESETS, MultilingualCLIP, create_model
@@ -37,7 +38,6 @@ from mclip_hbt.text_tower import TextTower
 
 OPEN_CLIP_PREFIX = "open_clip:"
 HF_PREFIX = "hf:"
-BUNDLED_PREFIX = "bundled:"
 SPEC_FORMS = (f"a saved model directory, a preset ({', '.join(PRESETS)}), open_clip:ARCH[:TAG_OR_CHECKPOINT], "
               "bundled:multilingual-e5-small or hf:NAME_OR_PATH")
 
@@ -148,7 +148,7 @@ def _from_open_clip(spec: str, device: torch.device) -> RetrievalModel:
 
 
 def _from_text_encoder(name: str, device: torch.device) -> RetrievalModel:
-    tower = TextTower.from_name(name, pooling="mean", prefix="query: ").to(device).eval()
+    tower = TextTower.from_name(name, pooling="mean", prefix=E5_QUERY_PREFIX).to(device).eval()
     return RetrievalModel(name=name, pretrained="text-encoder (mean pooling, 'query: ' prefix)", module=tower,
                           tokenize=tower.tokenize, text_features=tower, device=device)
 

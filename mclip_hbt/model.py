@@ -32,12 +32,15 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import AutoTokenizer, BatchEncoding
 
+from .bundled import BUNDLED_E5, E5_QUERY_PREFIX
 from .hub import ModelUnavailableError, load_or_explain
 from .text_tower import TextTower
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 PREPROCESS_NAME = "preprocessor_config.json"
+#: Written by the trainer into the final model folder (alpha, seed, steps, ...); read by the evaluators.
+TRAIN_META_NAME = "train_meta.json"
 TOKENIZER_DIR = "tokenizer"  # its own folder, so transformers never mistakes our config.json for the tokenizer's
 PROJECTIONS = ("linear", "mlp", "none")
 
@@ -46,7 +49,7 @@ PROJECTIONS = ("linear", "mlp", "none")
 class MultilingualCLIPConfig:
     """Everything that defines a MultilingualCLIP's architecture and where its initial weights come from."""
 
-    text_model: str = "bundled:multilingual-e5-small"
+    text_model: str = BUNDLED_E5
     #: False: random text weights from the encoder's config (tests, ablations).
     text_pretrained: bool = True
     #: Changes to the text encoder's config (e.g. a tiny ``num_hidden_layers`` for tests).
@@ -82,15 +85,15 @@ class MultilingualCLIPConfig:
 PRESETS: dict[str, dict] = {
     # Random and small enough for unit tests on a CPU (the real bundled tokenizer, a 2-layer encoder).
     "tiny": dict(
-        text_model="bundled:multilingual-e5-small", text_pretrained=False,
+        text_model=BUNDLED_E5, text_pretrained=False,
         text_config_overrides=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                    intermediate_size=64, max_position_embeddings=80),
-        text_prefix="query: ", max_length=64, vision_model="ViT-B-32",
+        text_prefix=E5_QUERY_PREFIX, max_length=64, vision_model="ViT-B-32",
         vision_cfg=dict(image_size=32, patch_size=8, width=64, layers=2, head_width=32, mlp_ratio=2.0),
         embed_dim=32,
     ),
     # The offline encoder (works with no hub) + ViT-B/32, image weights from a tag/checkpoint when given.
-    "e5-small-vit-b32": dict(text_model="bundled:multilingual-e5-small", text_prefix="query: ",
+    "e5-small-vit-b32": dict(text_model=BUNDLED_E5, text_prefix=E5_QUERY_PREFIX,
                              vision_model="ViT-B-32"),
     "xlmr-base-vit-b32": dict(text_model="xlm-roberta-base", vision_model="ViT-B-32",
                               vision_pretrained="laion2b_s34b_b79k"),

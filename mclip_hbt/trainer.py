@@ -26,13 +26,12 @@ from .data import ChunkLoader, FaultCounter, build_loader, expand_shards
 from .hub import ModelUnavailableError
 from .hybrid import HybridBatcher, HybridConfig
 from .loss import ContrastiveLoss
-from .model import MultilingualCLIP, create_model
+from .model import TRAIN_META_NAME, MultilingualCLIP, create_model
 from .train_config import TrainConfig, parse_config
 
 logger = logging.getLogger("mclip_hbt.train")
 
 CHECKPOINT_PREFIX = "step_"
-TRAIN_META = "train_meta.json"
 STEP_LOG = "steps.jsonl"  # one line per step: rank 0's hybrid-batch record (mode, language, counts) and the loss
 
 
@@ -295,7 +294,7 @@ def train(config: TrainConfig) -> Path:
                 "lang_distribution": config.lang_distribution, "loss": config.loss, "train_data": config.train_data,
                 "samples_seen": state.step * config.batch_size, "nonfinite_steps": state.nonfinite_total,
                 "data_faults": dict(faults)}
-        (final_dir / TRAIN_META).write_text(json.dumps(meta, indent=2) + "\n")
+        (final_dir / TRAIN_META_NAME).write_text(json.dumps(meta, indent=2) + "\n")
         logger.info("data faults (all processes): %s", faults.summary())
         logger.info("model written to %s", final_dir)
     accelerator.wait_for_everyone()
