@@ -41,7 +41,7 @@ def _save(fig, path: str | Path) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # legends placed outside the axes stay in the file
     plt.close(fig)
     return path
 
@@ -79,5 +79,6 @@ def plot_against_alpha(series: Mapping[str, Mapping[float, tuple[float, float]]]
     ax.set_xlabel("α (probability of a monolingual batch)")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(fontsize="x-small", ncol=2)
+    # Beside the axes: inside, it covered the curves of low-scoring languages.
+    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, path)
