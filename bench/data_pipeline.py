@@ -84,6 +84,7 @@ def timed(batches, count, warmup_batches: int) -> dict:
 
 def bench_ours(args) -> dict:
     import open_clip
+
     from mclip_hbt.data import build_loader
 
     transform = open_clip.image_transform(224, is_train=True)
@@ -129,7 +130,8 @@ def run_openclip_side(args) -> dict:
 def pipeline_machine_info() -> dict:
     """The shared machine facts plus what decoding speed depends on: libjpeg-turbo and the pipeline's packages."""
     return {**machine_info(), "libjpeg_turbo": features.check_feature("libjpeg_turbo"),
-            "versions": {pkg: version(pkg) for pkg in ("torch", "torchvision", "pillow", "webdataset", "open_clip_torch")}}
+            "versions": {pkg: version(pkg)
+                         for pkg in ("torch", "torchvision", "pillow", "webdataset", "open_clip_torch")}}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -175,12 +177,14 @@ def main(argv=None) -> None:
     ratio = ours["samples_per_s"] / theirs["samples_per_s"]
     report = {"benchmark": "data_pipeline", "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
               "machine": pipeline_machine_info(),
-              "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "openclip_only"},
+              "settings": {k: str(v) if isinstance(v, Path) else v
+                           for k, v in vars(args).items() if k != "openclip_only"},
               "ours": ours, "open_clip": theirs, "ratio_ours_over_open_clip": round(ratio, 3)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     for name, result in (("ours", ours), ("open_clip", theirs)):
-        print(f"{name:10s} {result['samples_per_s']:8.1f} samples/s per epoch, {result['steady_samples_per_s']} after warm-up")
+        print(f"{name:10s} {result['samples_per_s']:8.1f} samples/s per epoch, "
+              f"{result['steady_samples_per_s']} after warm-up")
     print(f"ratio      {ratio:8.2f} (epoch rates)  -> {args.out}")
 
 

@@ -5,8 +5,10 @@
         --captions en=xtd10/XTD10/test_1kcaptions_en.txt --captions de=xtd10/MIC/test_1kcaptions_de.txt
 
 Captions are stored exactly as read, less their line terminators (see ``caption_files``). Images
-are re-encoded in a process pool, in input order. A missing or unreadable image skips its sample;
-every skip is listed in ``OUT/skipped.jsonl`` and counted in ``OUT/dataset.json``.
+are opened as training opens them (``mclip_hbt.images.open_image``) and re-encoded in a process pool,
+in input order. A JSONL line that is not a caption record, an image name outside ``--images``, a
+missing or an unreadable image skips its sample; every skip is listed in ``OUT/skipped.jsonl`` and
+counted in ``OUT/dataset.json``.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from tqdm import tqdm
 from data_recipes.caption_files import CaptionFileError, read_aligned_captions
 from data_recipes.images import PIL_FORMATS, ImageFinder, encode_image
 from data_recipes.shards import CaptionShardWriter
+from mclip_hbt.fileio import OutputError, check_output_dir, parse_json, write_text_atomic
 from mclip_hbt.languages import canonical_lang, parse_lang_list
 
 #: One input sample: image name, captions per language, machine-translated languages.
@@ -41,27 +44,32 @@ def _merge(entries: dict[str, Entry], image: str, captions: dict[str, list[str]]
     mts |= mt
 
 
-def read_jsonl(path: str | os.PathLike) -> list[Entry]:
-    """``{"image": "rel/path.jpg", "captions": {lang: [..] or ".."}, "mt": [langs]}`` per line."""
+def read_jsonl(path: str | os.PathLike) -> tuple[list[Entry], list[dict]]:
+    """``{"image": "rel/path.jpg", "captions": {lang: [..] or ".."}, "mt": [langs]}`` per line.
+
+    Returns the entries and a skip report (``skipped.jsonl`` line) for each line that is not such a
+    record, so one bad line costs its sample, not the run.
+    """
     entries: dict[str, Entry] = {}
+    bad_lines: list[dict] = []
     with open(path, encoding="utf-8-sig") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             where = f"{path}:{lineno}"
             try:
-                obj = json.loads(line)
+                obj = parse_json(line)
                 image, raw = obj["image"], obj["captions"]
                 captions = {canonical_lang(lang): [texts] if isinstance(texts, str) else list(texts)
                             for lang, texts in raw.items()}
                 mt = {canonical_lang(lang) for lang in obj.get("mt", [])}
+                if not isinstance(image, str) or not all(isinstance(t, str) for ts in captions.values() for t in ts):
+                    raise ValueError("image and captions must be strings")
             except (ValueError, KeyError, TypeError, AttributeError) as e:
-                raise CaptionFileError(f"{where}: not a caption record ({e!r}); expected "
-                                       '{"image": ..., "captions": {lang: [...]}, "mt": [...]}') from e
-            if not isinstance(image, str) or not all(isinstance(t, str) for ts in captions.values() for t in ts):
-                raise CaptionFileError(f"{where}: image and captions must be strings")
+                bad_lines.append({"line": where, "reason": "bad record", "detail": f"{type(e).__name__}: {e}"})
+                continue
             _merge(entries, image, captions, mt)
-    return list(entries.values())
+    return list(entries.values()), bad_lines
 
 
 def read_table(path: str | os.PathLike, image_column: str) -> list[Entry]:
@@ -114,21 +122,29 @@ def _encode_job(job: tuple[int, str], max_side: int, fmt: str, quality: int) -> 
     index, path = job
     try:
         return index, encode_image(path, max_side, fmt, quality), ""
-    except Exception as e:  # Pillow raises many types for corrupt files; any of them only skips this image
+    except Exception as e:  # an unusable image (ImageError) or one Pillow cannot encode only skips this image
         return index, None, f"{type(e).__name__}: {e}"
 
 
 def build_shards(entries: list[Entry], images_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                  shard_size: int = 1000, max_side: int = 512, fmt: str = "jpg", quality: int = 90,
-                 source: str = "", mt: set[str] = frozenset(), workers: int = 1, prefix: str = "shard") -> dict:
-    """Write ``entries`` as shards; return the dataset.json contents (with ``skipped`` counts by reason)."""
+                 source: str = "", mt: set[str] = frozenset(), workers: int = 1, prefix: str = "shard",
+                 bad_lines: list[dict] = ()) -> dict:
+    """Write ``entries`` as shards; return the dataset.json contents (with ``skipped`` counts by reason).
+
+    ``bad_lines``: skip reports of input lines that gave no entry (``read_jsonl``), listed first.
+    """
     out_dir = Path(out_dir)
     finder = ImageFinder(images_dir)
-    skipped: list[tuple[int, dict]] = []  # (input position, report line)
+    skipped: list[tuple[int, dict]] = [(-1, line) for line in bad_lines]  # (input position, report line)
     jobs: list[tuple[int, str]] = []
     for index, (image, captions, _) in enumerate(entries):
         if not any(t.strip() for texts in captions.values() for t in texts):
             skipped.append((index, {"image": image, "reason": "no captions"}))
+            continue
+        if finder.escapes(image):
+            skipped.append((index, {"image": image, "reason": "outside images",
+                                    "detail": f"the name leads outside --images {images_dir}"}))
             continue
         path = finder.find(image)
         if path is None:
@@ -149,10 +165,8 @@ def build_shards(entries: list[Entry], images_dir: str | os.PathLike, out_dir: s
                 writer.write(sample_key(image, used_keys), data, fmt, captions, mt=sorted(entry_mt | mt), source=source)
             reasons = Counter(s["reason"] for _, s in skipped)
             stats = writer.close({"source": source, "skipped": dict(sorted(reasons.items()))})
-    tmp = out_dir / "skipped.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for _, s in sorted(skipped, key=lambda x: x[0])),
-                   encoding="utf-8")
-    os.replace(tmp, out_dir / "skipped.jsonl")
+    write_text_atomic(out_dir / "skipped.jsonl", "".join(json.dumps(s, ensure_ascii=False) + "\n"
+                                                         for _, s in sorted(skipped, key=lambda x: x[0])))
     return stats
 
 
@@ -175,22 +189,33 @@ def parse_captions_arg(values: list[str], parser: argparse.ArgumentParser) -> di
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m data_recipes.from_captions", description=__doc__.split("\n\n")[0])
     src = p.add_argument_group("captions (give exactly one of --jsonl, --table, --image-list)")
-    src.add_argument("--jsonl", help='JSONL file: {"image": "rel/path.jpg", "captions": {lang: [...] or "..."}, "mt": [...]} per line')
+    src.add_argument("--jsonl",
+                     help='JSONL file: {"image": "rel/path.jpg", "captions": {lang: [...] or "..."}, "mt": [...]} '
+                          'per line')
     src.add_argument("--table", help="TSV (.tsv/.tab) or CSV file with an image column and one column per language")
-    src.add_argument("--image-column", default="image", help="name of the image column in --table (default: %(default)s)")
+    src.add_argument("--image-column", default="image",
+                     help="name of the image column in --table (default: %(default)s)")
     src.add_argument("--image-list", help="file with one image name per line, line-aligned with the --captions files")
     src.add_argument("--captions", action="append", default=[], metavar="LANG=FILE",
-                     help="line-aligned caption file (.gz allowed) for --image-list; repeat a language for several captions per image")
+                     help="line-aligned caption file (.gz allowed) for --image-list; repeat a language for several "
+                          "captions per image")
     src.add_argument("--mt", default="", help="comma-separated languages whose captions are machine-translated")
-    p.add_argument("--images", required=True, help="image folder; names are looked up as relative paths, then by file name anywhere below")
-    p.add_argument("--out", required=True, help="output folder for the shards, sizes.json, dataset.json and skipped.jsonl")
+    p.add_argument("--images", required=True,
+                   help="image folder; names are looked up as relative paths, then by file name anywhere below")
+    p.add_argument("--out", required=True,
+                   help="output folder for the shards, sizes.json, dataset.json and skipped.jsonl")
     p.add_argument("--prefix", default="shard", help="shard file name prefix (default: %(default)s)")
     p.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default: %(default)s)")
-    p.add_argument("--max-side", type=int, default=512, help="shrink images whose longest side is larger (0: keep size; never enlarges) (default: %(default)s)")
-    p.add_argument("--format", default="jpg", choices=sorted(PIL_FORMATS), help="image format in the shards (default: %(default)s)")
+    p.add_argument("--max-side", type=int, default=512,
+                   help="shrink images whose longest side is larger (0: keep size; never enlarges) "
+                        "(default: %(default)s)")
+    p.add_argument("--format", default="jpg", choices=sorted(PIL_FORMATS),
+                   help="image format in the shards (default: %(default)s)")
     p.add_argument("--quality", type=int, default=90, help="JPEG/WebP quality (1-100) (default: %(default)s)")
-    p.add_argument("--source", default=None, help="source name stored with every sample (default: the captions file's name)")
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="image encoding processes (default: %(default)s)")
+    p.add_argument("--source", default=None,
+                   help="source name stored with every sample (default: the captions file's name)")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                   help="image encoding processes (default: %(default)s)")
     return p
 
 
@@ -219,9 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         parser.error(f"--mt: {e}")
 
+    bad_lines: list[dict] = []
     try:
         if args.jsonl:
-            entries = read_jsonl(args.jsonl)
+            entries, bad_lines = read_jsonl(args.jsonl)
         elif args.table:
             entries = read_table(args.table, args.image_column)
         else:
@@ -232,12 +258,18 @@ def main(argv: list[str] | None = None) -> int:
     except UnicodeDecodeError as e:
         parser.error(f"{input_file} is not UTF-8 text: {e}")
     if not entries:
-        parser.error(f"no captions found in {input_file}")
+        parser.error(f"no captions found in {input_file}" + (
+            f"; {len(bad_lines)} lines are not caption records, e.g. {bad_lines[0]['line']}: {bad_lines[0]['detail']} "
+            '(expected {"image": ..., "captions": {lang: [...]}, "mt": [...]} per line)' if bad_lines else ""))
+    try:
+        check_output_dir(args.out, "--out")
+    except OutputError as e:
+        parser.error(str(e))
 
     source = args.source if args.source is not None else Path(input_file).stem
     stats = build_shards(entries, args.images, args.out, shard_size=args.shard_size, max_side=args.max_side,
                          fmt=args.format, quality=args.quality, source=source, mt=mt, workers=args.workers,
-                         prefix=args.prefix)
+                         prefix=args.prefix, bad_lines=bad_lines)
     skipped = stats["skipped"]
     print(f"wrote {stats['num_samples']} samples in {stats['num_shards']} shards to {args.out}; "
           f"skipped {sum(skipped.values())}" + (f" ({', '.join(f'{r}: {n}' for r, n in skipped.items())}, "

@@ -5,7 +5,9 @@ import io
 import os
 from pathlib import Path
 
-from PIL import Image, ImageOps
+from PIL import Image
+
+from mclip_hbt.images import open_image
 
 #: Output formats: shard extension → Pillow format name.
 PIL_FORMATS = {"jpg": "JPEG", "webp": "WEBP", "png": "PNG"}
@@ -22,7 +24,19 @@ class ImageFinder:
         self.root = Path(root)
         self._by_name: dict[str, Path] | None = None
 
+    def escapes(self, name: str) -> bool:
+        """Whether ``name`` points outside the folder (an absolute path, or ``..`` climbing out of it).
+
+        Checked on the name alone: symbolic links inside the folder are the user's own layout
+        (a ``train2014`` link to another disk), while a caption list must not name ``/etc/hostname``.
+        """
+        relative = os.path.normpath(name)
+        return os.path.isabs(relative) or relative == os.pardir or relative.startswith(os.pardir + os.sep)
+
     def find(self, name: str) -> Path | None:
+        """The image file ``name`` names, or None when there is none inside the folder (see :meth:`escapes`)."""
+        if self.escapes(name):
+            return None
         direct = self.root / name
         if direct.is_file():
             return direct
@@ -36,11 +50,10 @@ class ImageFinder:
 
 
 def encode_image(path: str | os.PathLike, max_side: int, fmt: str = "jpg", quality: int = 90) -> bytes:
-    """Decode an image, upright it by its EXIF orientation, shrink its longest side to ``max_side``
-    (never enlarge; 0 keeps the size) and encode it as ``fmt``. Raises ``OSError``/``ValueError`` on a
-    file Pillow cannot read."""
-    with Image.open(path) as img:
-        img = ImageOps.exif_transpose(img).convert("RGB")
+    """Open an image as training does (``mclip_hbt.images.open_image``: upright, 8-bit RGB), shrink its
+    longest side to ``max_side`` (never enlarge; 0 keeps the size) and encode it as ``fmt``. Raises
+    ``ImageError`` on a file that gives no usable image."""
+    img = open_image(path)
     if max_side and max(img.size) > max_side:
         img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
     buf = io.BytesIO()

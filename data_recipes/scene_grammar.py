@@ -233,11 +233,14 @@ class Spanish(Romance):
              "heart": ("corazón", "corazones", "m"), "ellipse": ("elipse", "elipses", "f"),
              "cross": ("cruz", "cruces", "f")}
     COLOUR = {"red": ("rojo", "roja", "rojos", "rojas"), "blue": ("azul", "azul", "azules", "azules"),
-              "green": ("verde", "verde", "verdes", "verdes"), "yellow": ("amarillo", "amarilla", "amarillos", "amarillas"),
+              "green": ("verde", "verde", "verdes", "verdes"),
+              "yellow": ("amarillo", "amarilla", "amarillos", "amarillas"),
               "black": ("negro", "negra", "negros", "negras"), "white": ("blanco", "blanca", "blancos", "blancas"),
-              "purple": ("morado", "morada", "morados", "moradas"), "orange": ("naranja", "naranja", "naranjas", "naranjas")}
+              "purple": ("morado", "morada", "morados", "moradas"),
+              "orange": ("naranja", "naranja", "naranjas", "naranjas")}
     # Literal size follows the noun in Spanish ("un gran círculo" would read "a great circle").
-    SIZE = {"small": ("pequeño", "pequeña", "pequeños", "pequeñas"), "large": ("grande", "grande", "grandes", "grandes")}
+    SIZE = {"small": ("pequeño", "pequeña", "pequeños", "pequeñas"),
+            "large": ("grande", "grande", "grandes", "grandes")}
     SIZE_BEFORE_NOUN = False
     ARTICLE = {"m": "un", "f": "una"}
     NUM = {2: "dos", 3: "tres", 4: "cuatro", 5: "cinco"}
@@ -460,7 +463,8 @@ class Turkish(Language):
               "purple": "mor", "orange": "turuncu"}
     SIZE = {"small": "küçük", "large": "büyük"}
     NUM = {2: "iki", 3: "üç", 4: "dört", 5: "beş"}
-    CELLS = tuple(tr_locative(w) for w in ("sol üst", "üst", "sağ üst", "sol", "orta", "sağ", "sol alt", "alt", "sağ alt"))
+    CELLS = tuple(tr_locative(w)
+                  for w in ("sol üst", "üst", "sağ üst", "sol", "orta", "sağ", "sol alt", "alt", "sağ alt"))
     REL = {"left_of": "{} solunda", "right_of": "{} sağında", "above": "{} üstünde", "below": "{} altında"}
 
     def np(self, g: Group) -> str:
@@ -590,7 +594,8 @@ class Korean(Language):
             lambda d: f"{self._subject_clauses(d)} {ko_particle('배경', '은', '는')} {bg[d.background]}입니다.",
             lambda d: f"{ko_particle('배경', '은', '는')} {bg[d.background]}이고, {self._subject_clauses(d)}",
             lambda d: f"{bg[d.background]} 배경에 "
-                      + ", ".join(f"{self.location(i)}에는 {ko_particle(self.np(i.group), '을', '를')}" for i in d.items)
+                      + ", ".join(f"{self.location(i)}에는 {ko_particle(self.np(i.group), '을', '를')}"
+                                  for i in d.items)
                       + " 그린 그림입니다.",
         )
 

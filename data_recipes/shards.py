@@ -10,24 +10,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import webdataset as wds
 
+from mclip_hbt.fileio import write_json_atomic
 from mclip_hbt.languages import canonical_lang
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON through a temporary file so a reader never sees half a file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+#: The files beside the shards that describe a finished set; a folder without them is unfinished.
+STATS_FILES = ("sizes.json", "dataset.json")
 
 
 def sample_record(captions: dict[str, list[str]], mt: list[str] | tuple[str, ...] = (), source: str = "") -> dict:
@@ -60,9 +56,12 @@ class CaptionShardWriter:
     """Write samples into ``{prefix}-NNNNNN.tar`` shards of ``max_count`` samples, then the stats files.
 
     Each shard is written to a temporary name and renamed when complete, so an interrupted run
-    leaves only whole shards behind. A recipe that keeps one output shard per input shard writes
-    with a large ``max_count``, calls :meth:`end_shard` after each input shard and, on a restart,
-    :meth:`adopt_existing_shard` for the shards an earlier run completed.
+    leaves only whole shards behind. A folder's old ``sizes.json`` and ``dataset.json`` are deleted
+    before the first new shard is written, so an interrupted re-run never leaves a folder that looks
+    finished (old and new shards under the old counts), and :meth:`close` removes stale shards.
+    A recipe that keeps one output shard per input shard writes with a large ``max_count``, calls
+    :meth:`end_shard` after each input shard and, on a restart, :meth:`adopt_existing_shard` for
+    the shards an earlier run completed.
     """
 
     def __init__(self, out_dir: str | os.PathLike, prefix: str = "shard", max_count: int = 1000, start_index: int = 0):
@@ -81,6 +80,7 @@ class CaptionShardWriter:
         self._tar: wds.TarWriter | None = None
         self._tar_tmp: Path | None = None
         self._tar_count = 0
+        self._old_stats_removed = False
         self._stats: dict | None = None  # set by close()
 
     def shard_path(self, index: int) -> Path:
@@ -88,6 +88,10 @@ class CaptionShardWriter:
         return self.out_dir / f"{self.prefix}-{index:06d}.tar"
 
     def _open_next(self) -> None:
+        if not self._old_stats_removed:
+            for name in STATS_FILES:
+                (self.out_dir / name).unlink(missing_ok=True)
+            self._old_stats_removed = True
         final = self.shard_path(self.shard_index)
         self._tar_tmp = final.with_name(final.name + ".tmp")
         self._tar = wds.TarWriter(str(self._tar_tmp))
@@ -150,15 +154,20 @@ class CaptionShardWriter:
         self.shard_index += 1
         return records
 
-    def close(self, extra: dict | None = None) -> dict:
-        """Finish the last shard and write ``sizes.json`` and ``dataset.json``; return the latter.
+    def close(self, extra: dict | None = None, *, complete: bool = True) -> dict:
+        """Finish the last shard, remove stale shards and write ``sizes.json`` and ``dataset.json``;
+        return the latter.
 
+        Stale shards are half-written ones (``.tar.tmp``, left by a killed run) and, when the set is
+        ``complete``, this prefix's shards numbered past the ones written (left by a larger earlier
+        set); a recipe that stops early to continue later passes ``complete=False`` to keep them.
         Closing again (as leaving a ``with`` block after an explicit ``close(extra)`` does) changes
         nothing and returns the same dict.
         """
         if self._stats is not None:
             return self._stats
         self._close_current()
+        self._remove_stale_shards(beyond_count=complete)
         stats = dataset_stats(self.num_samples, self.lang_samples, self.lang_captions, self.mt_captions, self.sizes)
         if extra:
             stats.update(extra)
@@ -166,6 +175,13 @@ class CaptionShardWriter:
         write_json_atomic(self.out_dir / "dataset.json", stats)
         self._stats = stats
         return stats
+
+    def _remove_stale_shards(self, beyond_count: bool) -> None:
+        name = re.compile(rf"{re.escape(self.prefix)}-(\d{{6,}})\.tar(\.tmp)?")
+        for path in self.out_dir.iterdir():
+            match = name.fullmatch(path.name)
+            if match and (match[2] or (beyond_count and int(match[1]) >= self.shard_index)):
+                path.unlink()
 
     def __enter__(self) -> "CaptionShardWriter":
         return self

@@ -7,7 +7,10 @@ Writes a new shard set (the input is never modified): output shard ``i`` holds i
 samples with one translation per source caption added under each target language, which is listed
 in the sample's ``mt``. A target language that already has human captions keeps them unless
 ``--overwrite-existing``; earlier machine translations are replaced. Shards are written whole or not
-at all, so an interrupted run picks up where it stopped: run the same command again.
+at all, so an interrupted run picks up where it stopped: run the same command again. A damaged input
+shard (unreadable, truncated, zero bytes) keeps the samples before the damage and a sample whose
+``KEY.json`` is unusable is left out, with the training loader's fault reasons; both are reported,
+and the run goes on.
 
 Language codes by model family, found from the tokenizer: NLLB (``eng_Latn``-style codes, set through
 ``tokenizer.src_lang`` and ``forced_bos_token_id``), M2M100 (``tokenizer.src_lang`` and
@@ -17,7 +20,6 @@ models such as most Marian ``opus-mt-en-XX`` (no codes: exactly one target langu
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -27,7 +29,9 @@ import torch
 from braceexpand import braceexpand
 from tqdm import tqdm
 
-from data_recipes.shards import CaptionShardWriter, ShardSample, iter_shard
+from data_recipes.shards import CaptionShardWriter, ShardSample
+from mclip_hbt.data import FaultCounter, parse_sample, read_tar_samples
+from mclip_hbt.fileio import OutputError, check_output_dir, parse_json
 from mclip_hbt.languages import canonical_lang, parse_lang_list
 
 #: ISO 639-1 → NLLB-200 (FLORES-200) code, for every language the project knows.
@@ -149,25 +153,49 @@ def expand_shards(spec: str) -> list[Path]:
 
 
 def input_metadata(shards: list[Path]) -> dict:
-    """The input's dataset.json (beside the first shard), or ``{}`` when there is none."""
+    """The input's dataset.json (beside the first shard), or ``{}`` when there is none; ``ValueError``
+    when it is not a JSON object."""
     path = shards[0].parent / "dataset.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    meta = parse_json(path.read_bytes())
+    if not isinstance(meta, dict):
+        raise ValueError("not a JSON object")
+    return meta
+
+
+def read_input_shard(path: Path, faults: FaultCounter) -> list[ShardSample]:
+    """The usable samples of one input shard, read as the training loader reads them: a damaged shard
+    keeps the samples before the damage, a sample with an unusable ``KEY.json`` is left out, and each
+    fault is counted in ``faults``."""
+    samples = []
+    for raw in read_tar_samples(str(path), faults):
+        parsed = parse_sample(raw, faults)
+        if parsed is not None:
+            record, ext = parsed
+            samples.append(ShardSample(raw["__key__"], raw[ext], ext, record))
+    return samples
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m data_recipes.translate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--shards", required=True, help="input shards: a folder or a brace pattern such as 'dir/shard-{000000..000009}.tar'")
-    p.add_argument("--model", required=True, help="Hugging Face translation model name or local folder (NLLB, M2M100, Marian, ...)")
+    p.add_argument("--shards", required=True,
+                   help="input shards: a folder or a brace pattern such as 'dir/shard-{000000..000009}.tar'")
+    p.add_argument("--model", required=True,
+                   help="Hugging Face translation model name or local folder (NLLB, M2M100, Marian, ...)")
     p.add_argument("--source-lang", default="en", help="language of the captions to translate (default: %(default)s)")
     p.add_argument("--target-langs", required=True, help="comma-separated languages to translate into")
     p.add_argument("--out", required=True, help="output folder for the new shard set (must differ from the input's)")
     p.add_argument("--prefix", default="shard", help="output shard file name prefix (default: %(default)s)")
-    p.add_argument("--overwrite-existing", action="store_true", help="replace human captions already present in a target language")
+    p.add_argument("--overwrite-existing", action="store_true",
+                   help="replace human captions already present in a target language")
     p.add_argument("--batch-size", type=int, default=64, help="captions per generation batch (default: %(default)s)")
     p.add_argument("--device", default=None, help="torch device for the model (default: cuda when available, else cpu)")
-    p.add_argument("--max-new-tokens", type=int, default=128, help="longest translation, in tokens (default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=128,
+                   help="longest translation, in tokens (default: %(default)s)")
     p.add_argument("--num-beams", type=int, default=4, help="beam size (1: greedy) (default: %(default)s)")
-    p.add_argument("--max-shards", type=int, default=None, help="stop after translating this many shards (run again to continue)")
+    p.add_argument("--max-shards", type=int, default=None,
+                   help="stop after translating this many shards (run again to continue)")
     return p
 
 
@@ -202,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--device: {e}")
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device: CUDA is not available on this machine")
+    try:
+        meta = input_metadata(shards)
+    except (OSError, ValueError) as e:
+        parser.error(f"--shards: cannot use {shards[0].parent / 'dataset.json'} ({e}); fix or remove it")
 
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer  # slow import, after the cheap checks
     try:
@@ -216,9 +248,12 @@ def main(argv: list[str] | None = None) -> int:
         model = AutoModelForSeq2SeqLM.from_pretrained(args.model).to(device).eval()
     except (OSError, ValueError) as e:
         parser.error(f"--model: cannot load a sequence-to-sequence model from {args.model}: {e}")
+    try:
+        check_output_dir(out_dir, "--out")
+    except OutputError as e:
+        parser.error(str(e))
     translator = Translator(model, tokenizer, device, args.batch_size, args.max_new_tokens, args.num_beams)
 
-    meta = input_metadata(shards)
     extra = {k: v for k, v in meta.items() if k not in STATS_KEYS}
     extra["translations"] = [*meta.get("translations", []), {
         "model": args.model, "source_lang": source, "target_langs": targets, "num_beams": args.num_beams,
@@ -228,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     source_captions = meta.get("languages", {}).get(source, {}).get("captions", 0) if whole_set else 0
     bar = tqdm(total=source_captions * len(targets) or None, unit="caption", desc="translating")
     counts: Counter = Counter()
+    faults = FaultCounter()
     translated_shards = 0
     # One output shard per input shard (end_shard), so finished shards can be recognised on a restart.
     with CaptionShardWriter(out_dir, prefix=args.prefix, max_count=sys.maxsize) as writer:
@@ -238,13 +274,20 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             if args.max_shards is not None and translated_shards == args.max_shards:
                 break
-            for sample, captions, mt in translate_shard(list(iter_shard(shard)), translator, source, codes,
+            shard_faults = FaultCounter()
+            samples = read_input_shard(shard, shard_faults)
+            if shard_faults:
+                print(f"{shard}: {shard_faults.summary()}; output shard {writer.shard_path(writer.shard_index).name} "
+                      f"gets its {len(samples)} usable samples", file=sys.stderr)
+                faults.update(shard_faults)
+            for sample, captions, mt in translate_shard(samples, translator, source, codes,
                                                         args.overwrite_existing, bar, counts):
                 writer.write(sample.key, sample.image, sample.image_ext, captions, mt=sorted(mt),
-                             source=sample.record.get("source", ""))
+                             source=sample.record["source"])
             writer.end_shard()
             translated_shards += 1
-        stats = writer.close(extra)
+        # stopped early (--max-shards): later shards of an earlier run stay, to be adopted next time
+        stats = writer.close(extra, complete=len(writer.sizes) == len(shards))
     bar.close()
 
     print(f"{stats['num_shards']} of {len(shards)} shards in {out_dir} ({translated_shards} translated now); "
@@ -253,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {t}: {counts[f'translated:{t}']} captions translated now, {counts[f'empty:{t}']} empty translations "
               f"dropped, {counts[f'kept:{t}']} samples kept their human captions; "
               f"{stats['languages'].get(t, {}).get('captions', 0)} captions in total")
+    if faults:
+        print(f"input faults: {faults.summary()}")
     if stats["num_shards"] < len(shards):
         print("stopped early (--max-shards): run the same command again to continue")
     return 0

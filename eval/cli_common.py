@@ -2,17 +2,20 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
 
 import torch
 
+from mclip_hbt.fileio import OutputError, check_output_file, parse_json
 from mclip_hbt.hub import ModelUnavailableError
 from mclip_hbt.languages import parse_lang_list
 from mclip_hbt.model import TRAIN_META_NAME
 
+from .benchmark_data import RetrievalSplit
+from .evaluate import SplitResult, evaluate_split
+from .metrics import NonFiniteEmbeddingsError
 from .models import SPEC_FORMS, RetrievalModel, load_retrieval_model
 from .results import now_iso, package_versions
 
@@ -22,18 +25,23 @@ def default_device() -> str:
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="e5-small-vit-b32", help=f"what to evaluate: {SPEC_FORMS} (default: %(default)s)")
+    parser.add_argument("--model", default="e5-small-vit-b32",
+                        help=f"what to evaluate: {SPEC_FORMS} (default: %(default)s)")
     parser.add_argument("--lang", nargs="+", default=["all"],
-                        help="'all' (default) or language codes, space- or comma-separated (jp and ja both mean Japanese)")
+                        help="'all' (default) or language codes, space- or comma-separated "
+                             "(jp and ja both mean Japanese)")
     parser.add_argument("--text-only", action="store_true",
                         help="only the settings that need no images (cross-lingual matrix, multilingual caption pool)")
     parser.add_argument("--translate-test", action="store_true",
                         help="score every language with the aligned English captions (perfect translate-test "
                              "upper bound for an English CLIP); image-text settings only")
-    parser.add_argument("--device", default=default_device(), help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--device", default=default_device(),
+                        help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--batch-size", type=int, default=256, help="captions per text batch (default: %(default)s)")
-    parser.add_argument("--image-batch-size", type=int, default=64, help="images per image batch (default: %(default)s)")
-    parser.add_argument("--num-workers", type=int, default=2, help="image decoding worker processes (default: %(default)s)")
+    parser.add_argument("--image-batch-size", type=int, default=64,
+                        help="images per image batch (default: %(default)s)")
+    parser.add_argument("--num-workers", type=int, default=2,
+                        help="image decoding worker processes (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=None, help="write the result JSON here")
     parser.add_argument("--plot", type=Path, default=None, help="write a per-language bar plot (PNG) here")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -56,6 +64,12 @@ def check_common_arguments(parser: argparse.ArgumentParser, args: argparse.Names
         parser.error(f"--device {args.device}: CUDA is not available on this machine")
     if args.plot is not None and args.plot.suffix.lower() != ".png":
         parser.error("--plot must name a .png file")
+    try:
+        for option, path in (("--out", args.out), ("--plot", args.plot)):
+            if path is not None:
+                check_output_file(path, option)
+    except OutputError as e:
+        parser.error(str(e))
 
 
 def parse_languages(parser: argparse.ArgumentParser, spec: list[str], available: list[str]) -> list[str]:
@@ -73,6 +87,7 @@ def parse_languages(parser: argparse.ArgumentParser, spec: list[str], available:
 def load_model_or_exit(parser: argparse.ArgumentParser, args: argparse.Namespace) -> RetrievalModel:
     try:
         model = load_retrieval_model(args.model, args.device)
+        train_meta(model)  # read now, so a damaged file stops the command before the evaluation, not after
     except ModelUnavailableError as e:
         parser.error(f"--model: {e}")
     if not model.supports_images and not args.text_only:
@@ -80,23 +95,43 @@ def load_model_or_exit(parser: argparse.ArgumentParser, args: argparse.Namespace
     return model
 
 
+def evaluate_or_exit(parser: argparse.ArgumentParser, args: argparse.Namespace, split: RetrievalSplit,
+                     model: RetrievalModel, langs: list[str], image_paths: list[Path] | None) -> SplitResult:
+    """``evaluate_split`` with the command line's options; a model whose embeddings are NaN or
+    infinite is one error line (exit status 1), not a traceback and not a score."""
+    try:
+        return evaluate_split(split, model, langs=langs, image_paths=image_paths, translate_test=args.translate_test,
+                              batch_size=args.batch_size, image_batch_size=args.image_batch_size,
+                              num_workers=args.num_workers, device=args.device, progress=not args.no_progress)
+    except NonFiniteEmbeddingsError as e:
+        parser.exit(1, f"{parser.prog}: error: --model {args.model}: {e}\n")
+
+
 def train_meta(model: RetrievalModel) -> dict | None:
     """The trainer's ``train_meta.json`` (alpha, seed, steps, ...) when the model is a saved run."""
     if model.source_dir is None:
         return None
     path = model.source_dir / TRAIN_META_NAME
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        meta = parse_json(path.read_bytes())
+    except (OSError, ValueError) as e:
+        raise ModelUnavailableError(
+            f"{path} is damaged ({e}); restore it or delete it (it only describes the run)") from e
+    if not isinstance(meta, dict):
+        raise ModelUnavailableError(f"{path} is not a JSON object; restore it or delete it (it only describes the run)")
+    return meta
 
 
 def run_meta(args: argparse.Namespace, model: RetrievalModel, benchmark: str, langs: list[str], n_images: int | dict,
-             started: float) -> dict:
+             unreadable_images: list[Path], started: float) -> dict:
     meta = {"benchmark": benchmark, "model": args.model, "model_name": model.name, "pretrained": model.pretrained,
-            "languages": langs, "n_images": n_images, "device": str(args.device),
+            "languages": langs, "n_images": n_images, "n_unreadable_images": len(unreadable_images),
+            "unreadable_images": [str(p) for p in unreadable_images], "device": str(args.device),
             "seconds": round(time.perf_counter() - started, 2), "date": now_iso(), "versions": package_versions(),
             "text_only": bool(args.text_only), "translate_test": bool(args.translate_test),
             "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
-    if model.unreadable_images:
-        meta["unreadable_images"] = [str(p) for p in model.unreadable_images]
     train = train_meta(model)
     if train is not None:
         meta["train"] = train

@@ -2,13 +2,14 @@
 every setting from those embeddings (``eval.settings``)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from . import settings
 from .benchmark_data import RetrievalSplit
+from .metrics import check_finite
 from .models import RetrievalModel
 
 
@@ -18,6 +19,8 @@ class SplitResult:
     records: list[dict]
     #: The split's summary (shape documented in ``eval.results``).
     summary: dict
+    #: Image files that could not be decoded (scored as misses).
+    unreadable_images: list[Path] = field(default_factory=list)
 
 
 def _monolingual_captions(split: RetrievalSplit, lang: str, translate_test: bool) -> list[list[str]]:
@@ -32,7 +35,8 @@ def evaluate_split(split: RetrievalSplit, model: RetrievalModel, *, langs: list[
                    translate_test: bool = False, batch_size: int = 256, image_batch_size: int = 64,
                    num_workers: int = 2, device: str | torch.device = "cpu", progress: bool = True) -> SplitResult:
     """Score ``langs`` of ``split``. ``image_paths=None`` runs only the caption-to-caption settings;
-    ``translate_test`` runs only the image–text settings."""
+    ``translate_test`` runs only the image–text settings. Raises
+    :class:`~eval.metrics.NonFiniteEmbeddingsError` when the model's embeddings hold NaN or infinite values."""
     mono = {lang: _monolingual_captions(split, lang, translate_test) for lang in langs} if image_paths else {}
     aligned = {} if translate_test else {lang: split.aligned[lang] for lang in langs}
 
@@ -40,23 +44,27 @@ def evaluate_split(split: RetrievalSplit, model: RetrievalModel, *, langs: list[
                                + [c for caps in aligned.values() for c in caps]))
     row = {text: i for i, text in enumerate(texts)}
     emb = model.encode_texts(texts, batch_size=batch_size, progress=progress)
+    check_finite(emb, "text")
 
     summary: dict = {"monolingual": {}, "crosslingual": None, "multilingual_image": None, "multilingual_text": None}
-    records = []
+    records, unreadable_paths = [], []
     aligned_emb = {lang: emb[[row[c] for c in caps]] for lang, caps in aligned.items()}
     if image_paths:
-        image_emb = model.encode_images(image_paths, batch_size=image_batch_size, num_workers=num_workers,
-                                        progress=progress)
+        image_emb, unreadable = model.encode_images(image_paths, batch_size=image_batch_size,
+                                                    num_workers=num_workers, progress=progress)
+        check_finite(image_emb, "image")
+        unreadable_paths = [image_paths[i] for i in unreadable.nonzero().flatten().tolist()]
         for lang, caps in mono.items():
             flat = [(i, c) for i, image in enumerate(caps) for c in image]
             text_emb = emb[[row[c] for _, c in flat]]
             text_image = torch.tensor([i for i, _ in flat])
-            recalls, summary["monolingual"][lang] = settings.monolingual(text_emb, text_image, image_emb, device)
+            recalls, summary["monolingual"][lang] = settings.monolingual(text_emb, text_image, image_emb, device,
+                                                                         unreadable)
             records.append({"dataset": split.dataset, "model": model.name, "pretrained": model.pretrained,
                             "task": "zeroshot_retrieval", "language": lang, "metrics": recalls})
         if aligned_emb:
-            summary["multilingual_image"] = settings.multilingual_image(image_emb, aligned_emb, device)
+            summary["multilingual_image"] = settings.multilingual_image(image_emb, aligned_emb, device, unreadable)
     if len(aligned_emb) >= 2:
         summary["crosslingual"] = settings.crosslingual(aligned_emb, device)
         summary["multilingual_text"] = settings.multilingual_text(aligned_emb, device)
-    return SplitResult(records, summary)
+    return SplitResult(records, summary, unreadable_paths)

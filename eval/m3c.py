@@ -1,4 +1,4 @@
-"""Zero-shot retrieval on M3C, the M3P evaluation suite as DESIGN §4 defines it.
+"""Zero-shot retrieval on M3C, the M3P evaluation suite as docs/design.md §6 defines it.
 
 - ``multi30k``: Multi30K test2016, 1000 Flickr30k images; en and de with their five task-2
   captions per image, fr and cs with their one task-1 caption;
@@ -22,14 +22,25 @@ from pathlib import Path
 
 from mclip_hbt.paths import shared_data_dir
 
-from .benchmark_data import (MULTI30K_LANGS, BenchmarkDataError, RetrievalSplit, find_images,
-                             load_multi30k_test2016, load_xtd_split)
-from .cli_common import (add_common_arguments, check_common_arguments, load_model_or_exit, parse_languages,
-                         run_meta)
-from .evaluate import evaluate_split
+from .benchmark_data import (
+    MULTI30K_LANGS,
+    BenchmarkDataError,
+    RetrievalSplit,
+    find_images,
+    load_multi30k_test2016,
+    load_xtd_split,
+)
+from .cli_common import (
+    add_common_arguments,
+    check_common_arguments,
+    evaluate_or_exit,
+    load_model_or_exit,
+    parse_languages,
+    run_meta,
+)
 from .plots import language_panel, plot_language_panels
 from .references import load_references
-from .results import format_summary, write_results
+from .results import format_summary, save_output, write_results
 
 COCO_LANGS = ("en", "ja", "zh")
 PARTS = ("multi30k", "mscoco-1k")
@@ -50,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--multi30k", type=Path, default=None,
                         help="Multi30K checkout (default: multi30k/ in $MCLIP_HBT_DATA or ../shared/data)")
     parser.add_argument("--xtd-captions", type=Path, default=None,
-                        help="XTD10 caption folder for the COCO part (default: xtd10/ in $MCLIP_HBT_DATA or ../shared/data)")
+                        help="XTD10 caption folder for the COCO part "
+                             "(default: xtd10/ in $MCLIP_HBT_DATA or ../shared/data)")
     return parser
 
 
@@ -90,15 +102,14 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{part}: {e}")
     model = load_model_or_exit(parser, args)
 
-    records, summary = [], {}
+    records, summary, unreadable = [], {}, []
     for part, split in splits.items():
-        result = evaluate_split(split, model, langs=part_langs[part], image_paths=image_paths[part],
-                                translate_test=args.translate_test, batch_size=args.batch_size,
-                                image_batch_size=args.image_batch_size, num_workers=args.num_workers,
-                                device=args.device, progress=not args.no_progress)
+        result = evaluate_or_exit(parser, args, split, model, part_langs[part], image_paths[part])
         records += result.records
         summary[part] = result.summary
-    meta = run_meta(args, model, "m3c", langs, {p: len(s.image_names) for p, s in splits.items()}, started)
+        unreadable += result.unreadable_images
+    meta = run_meta(args, model, "m3c", langs, {p: len(s.image_names) for p, s in splits.items()}, unreadable,
+                    started)
     meta["part_languages"] = part_langs
     meta["caption_counts"] = CAPTION_COUNTS
     meta["image_text_captions"] = {p: {lang: sum(map(len, s.captions[lang])) for lang in part_langs[p]}
@@ -106,13 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     for part in splits:
         print(format_summary(summary[part], part_langs[part], f"M3C {part} — {args.model}"), end="\n\n")
     print(f"note: {CAPTION_COUNTS}")
+    written = []
     if args.out:
-        print(f"results: {write_results(args.out, records, summary, meta)}")
+        written.append(save_output(parser.prog, "results", args.out,
+                                   lambda: write_results(args.out, records, summary, meta)))
     if args.plot:
         panels = [language_panel(p, summary[p], part_langs[p], model.name, "mean_recall", "mean recall",
                                  load_references(p)) for p in splits]
-        print(f"plot: {plot_language_panels(panels, args.plot)}")
-    return 0
+        written.append(save_output(parser.prog, "plot", args.plot, lambda: plot_language_panels(panels, args.plot)))
+    return 0 if all(written) else 1
 
 
 if __name__ == "__main__":

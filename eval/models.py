@@ -19,7 +19,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import open_clip
@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from mclip_hbt.bundled import BUNDLED_PREFIX, E5_QUERY_PREFIX
 from mclip_hbt.encoding import encode_in_length_order
 from mclip_hbt.hub import ModelUnavailableError, load_or_explain
+from mclip_hbt.images import ImageError, open_image
 from mclip_hbt.model import CONFIG_NAME, PRESETS, MultilingualCLIP, create_model
 from mclip_hbt.text_tower import TextTower
 
@@ -43,7 +44,9 @@ SPEC_FORMS = (f"a saved model directory, a preset ({', '.join(PRESETS)}), open_c
 
 
 class ImageFiles(Dataset):
-    """Decoded, preprocessed images; a file that cannot be decoded yields a black image and ``ok=False``."""
+    """Decoded, preprocessed images, opened as training opens them (``mclip_hbt.images.open_image``); a
+    file that cannot be used (undecodable, truncated, a decompression bomb) yields a black image and
+    ``ok=False``."""
 
     def __init__(self, paths: Sequence[Path], preprocess: Callable[[Image.Image], torch.Tensor]):
         self.paths = list(paths)
@@ -54,9 +57,8 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, bool]:
         try:
-            with Image.open(self.paths[i]) as img:
-                return self.preprocess(img.convert("RGB")), True
-        except (OSError, ValueError):
+            return self.preprocess(open_image(self.paths[i])), True
+        except ImageError:
             return self.preprocess(Image.new("RGB", (224, 224))), False
 
 
@@ -74,8 +76,6 @@ class RetrievalModel:
     device: torch.device = torch.device("cpu")
     #: Folder the weights came from (a saved model directory), else None.
     source_dir: Path | None = None
-    #: Image files the last :meth:`encode_images` call could not decode (scored as black images).
-    unreadable_images: list[Path] = field(default_factory=list)
 
     @property
     def supports_images(self) -> bool:
@@ -96,25 +96,27 @@ class RetrievalModel:
         return encode_in_length_order(texts, self.tokenize, encode, batch_size, progress=progress)
 
     def encode_images(self, paths: Sequence[Path], batch_size: int = 64, num_workers: int = 2,
-                      progress: bool = True) -> torch.Tensor:
+                      progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings of the images at ``paths`` and a boolean mask of those that could not be decoded
+        (their rows embed a black image; the metrics score them as misses)."""
         if not self.supports_images:
             raise ValueError(f"{self.name} is a text encoder only; it cannot encode images")
         loader = DataLoader(ImageFiles(paths, self.preprocess), batch_size=batch_size, num_workers=num_workers,
                             pin_memory=self.device.type == "cuda", persistent_workers=False)
-        out, failed, seen = [], [], 0
+        out, readable = [], []
         with torch.inference_mode(), tqdm(total=len(paths), desc="images", unit="img", disable=not progress) as bar:
             for pixels, ok in loader:
                 with self._autocast():
                     features = self.image_features(pixels.to(self.device, non_blocking=True))
                 out.append(F.normalize(features.float(), dim=-1).cpu())
-                failed.extend(i for i, good in enumerate(ok.tolist(), start=seen) if not good)
-                seen += len(pixels)
+                readable.append(ok)
                 bar.update(len(pixels))
-        self.unreadable_images = [Path(paths[i]) for i in failed]
-        if failed:
-            print(f"warning: {len(failed)} image(s) could not be decoded and were scored as black images, e.g. "
-                  f"{', '.join(str(paths[i]) for i in failed[:5])}", file=sys.stderr)
-        return torch.cat(out)
+        unreadable = ~torch.cat(readable)
+        if unreadable.any():
+            failed = unreadable.nonzero().flatten().tolist()
+            print(f"warning: {len(failed)} of {len(paths)} image(s) could not be decoded and are scored as misses, "
+                  f"e.g. {', '.join(str(paths[i]) for i in failed[:5])}", file=sys.stderr)
+        return torch.cat(out), unreadable
 
 
 def _from_mclip(model: MultilingualCLIP, name: str, pretrained: str, device: torch.device,

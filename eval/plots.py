@@ -1,6 +1,7 @@
 """Figures: our per-language scores beside published reference rows, and metrics against α."""
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,6 +10,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; never a display
 import matplotlib.pyplot as plt  # noqa: E402
+
+from mclip_hbt.fileio import write_bytes_atomic  # noqa: E402
 
 from .references import ReferenceRow  # noqa: E402
 from .results import pivot_language  # noqa: E402
@@ -38,11 +41,14 @@ def language_panel(name: str, summary: dict, langs: Sequence[str], model_name: s
 
 
 def _save(fig, path: str | Path) -> Path:
+    """Write the figure as a PNG, atomically: a full disk leaves no half-written file."""
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")  # legends placed outside the axes stay in the file
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120, bbox_inches="tight")  # legends placed outside the axes stay in the file
     plt.close(fig)
+    write_bytes_atomic(path, png.getvalue())
     return path
 
 

@@ -16,17 +16,17 @@ per benchmark, ``OUT/<benchmark>_r10_vs_alpha.png``, ``OUT/<benchmark>_map_vs_al
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_recipes.shards import write_json_atomic
 from data_recipes.synth_scenes import resolve_profile
+from mclip_hbt.fileio import OutputError, check_output_dir, parse_json, write_json_atomic, write_text_atomic
 from mclip_hbt.languages import canonical_lang
 
 from .plots import plot_against_alpha
+from .results import save_output
 
 GROUP_STYLES = {"high": "-", "low": "--", "unseen": ":", "other": "-."}
 
@@ -60,51 +60,101 @@ def parse_groups(spec: str) -> dict[str, list[str]]:
     return groups
 
 
+def _number(value: object, what: str, convert=float):
+    """``value`` (a JSON number, or a label's text) as ``convert`` gives it; else a ValueError naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"{what} is {value!r}, not a number")
+    try:
+        return convert(value)
+    except ValueError:
+        raise ValueError(f"{what} is {value!r}, not a number") from None
+
+
 def parse_label(text: str) -> tuple[float, int | None]:
     """``"alpha=0.5,seed=1"`` → (0.5, 1); the seed may be left out."""
     fields = dict(item.split("=", 1) for item in text.split(",") if "=" in item)
     if "alpha" not in fields:
         raise ValueError(f"label {text!r} has no alpha=")
-    return float(fields["alpha"]), int(fields["seed"]) if "seed" in fields else None
+    return (_number(fields["alpha"].strip(), f"alpha in label {text!r}"),
+            _number(fields["seed"].strip(), f"seed in label {text!r}", int) if "seed" in fields else None)
 
 
 def is_result_document(doc: object) -> bool:
     return isinstance(doc, dict) and {"results", "summary", "meta"} <= doc.keys()
 
 
+def read_result_document(file: Path) -> dict:
+    """The JSON document in ``file``; a ValueError naming the file when it cannot be read or parsed."""
+    try:
+        return parse_json(file.read_bytes())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{file}: cannot read it as JSON ({e})") from e
+
+
 def find_result_files(paths: list[Path]) -> list[Path]:
+    """Result documents among ``paths``: a file given by name must be one; in a folder, other JSON
+    files (a previous report.json, ...) are passed over."""
     files = []
     for path in paths:
-        candidates = sorted(path.rglob("*.json")) if path.is_dir() else [path]
-        for file in candidates:
+        if not path.is_dir():
+            if not is_result_document(read_result_document(path)):
+                raise ValueError(f"{path} is not a result JSON of eval.xtd / eval.m3c (no results, summary and meta)")
+            files.append(path)
+            continue
+        for file in sorted(path.rglob("*.json")):
             try:
-                if is_result_document(json.loads(file.read_text(encoding="utf-8"))):
+                if is_result_document(read_result_document(file)):
                     files.append(file)
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            except ValueError:
                 continue
     return files
 
 
-def summaries_by_benchmark(doc: dict) -> dict[str, dict]:
+def check_summary(summary: object, where: str) -> dict:
+    """One benchmark's summary, checked for the fields the report reads; a ValueError naming ``where``."""
+    if not isinstance(summary, dict) or not isinstance(summary.get("monolingual"), dict):
+        raise ValueError(f"{where} is not a summary of eval.xtd / eval.m3c (no 'monolingual' object)")
+    for lang, metrics in summary["monolingual"].items():
+        if not isinstance(metrics, dict):
+            raise ValueError(f"{where}.monolingual.{lang} is {metrics!r}, not an object")
+        _number(metrics.get("t2i_r@10"), f"{where}.monolingual.{lang}.t2i_r@10")
+    for setting, keys in (("multilingual_image", ("map",)), ("multilingual_text", ("map", "rank_distance"))):
+        values = summary.get(setting)
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ValueError(f"{where}.{setting} is {values!r}, not an object")
+        for key in keys:
+            _number(values.get(key), f"{where}.{setting}.{key}")
+    return summary
+
+
+def summaries_by_benchmark(doc: dict, file: Path) -> dict[str, dict]:
     """XTD documents carry one summary; M3C documents one per part."""
     summary = doc["summary"]
-    if "monolingual" in summary:
-        return {doc["meta"].get("benchmark", "xtd10"): summary}
-    return dict(summary)
+    if isinstance(summary, dict) and "monolingual" in summary:
+        return {str(doc["meta"].get("benchmark", "xtd10")): check_summary(summary, f"{file}: summary")}
+    if not isinstance(summary, dict) or not summary:
+        raise ValueError(f"{file}: summary is {summary!r}, not one summary or one per benchmark part")
+    return {str(part): check_summary(s, f"{file}: summary.{part}") for part, s in summary.items()}
 
 
 def load_run(file: Path, labels: dict[Path, str]) -> RunResult:
-    doc = json.loads(file.read_text(encoding="utf-8"))
+    """One result file's α, seed and summaries; a ValueError naming the file when any is unusable."""
+    doc = read_result_document(file)
+    if not isinstance(doc.get("meta"), dict):
+        raise ValueError(f"{file}: meta is {doc.get('meta')!r}, not an object")
     train = doc["meta"].get("train")
     where = file.resolve()
     label = next((text for path, text in labels.items() if path.resolve() in (where, *where.parents)), None)
-    if train and "alpha" in train:
-        alpha, seed = float(train["alpha"]), train.get("seed")
+    if isinstance(train, dict) and "alpha" in train:
+        alpha = _number(train["alpha"], f"{file}: meta.train.alpha")
+        seed = None if train.get("seed") is None else _number(train["seed"], f"{file}: meta.train.seed", int)
     elif label is not None:
         alpha, seed = parse_label(label)
     else:
         raise ValueError(f"{file} names no α (no meta.train); give --label {file} alpha=A,seed=S")
-    return RunResult(file, alpha, seed, summaries_by_benchmark(doc))
+    return RunResult(file, alpha, seed, summaries_by_benchmark(doc, file))
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -126,9 +176,9 @@ def aggregate(runs: list[RunResult], groups: dict[str, list[str]]) -> dict[str, 
                 present = [mono[lang]["t2i_r@10"] for lang in langs if lang in mono]
                 if present:
                     s[f"group:{group}"].append(statistics.fmean(present))
-            if summary["multilingual_image"]:
+            if summary.get("multilingual_image"):
                 s["image_map"].append(summary["multilingual_image"]["map"])
-            if summary["multilingual_text"]:
+            if summary.get("multilingual_text"):
                 s["text_map"].append(summary["multilingual_text"]["map"])
                 s["rank_distance"].append(summary["multilingual_text"]["rank_distance"])
     out: dict[str, dict[float, dict]] = {}
@@ -185,7 +235,8 @@ def write_plots(bench: str, table: dict[float, dict], groups: dict[str, list[str
         for group, langs in columns.items():
             for lang in langs:
                 name = f"{lang} ({group})"
-                series[name] = {a: percent(row["t2i_r@10"][lang]) for a, row in table.items() if lang in row["t2i_r@10"]}
+                series[name] = {a: percent(row["t2i_r@10"][lang])
+                                for a, row in table.items() if lang in row["t2i_r@10"]}
                 styles[name] = GROUP_STYLES.get(group, "-")
         paths.append(plot_against_alpha(series, "text→image R@10 (%)", f"{bench}: R@10 per language against α",
                                         out / f"{bench}_r10_vs_alpha.png", styles))
@@ -199,7 +250,8 @@ def write_plots(bench: str, table: dict[float, dict], groups: dict[str, list[str
     rd = {"caption pool": {a: row["rank_distance"] for a, row in table.items() if row["rank_distance"]}}
     if rd["caption pool"]:
         paths.append(plot_against_alpha(rd, "rank distance (lower: less language bias)",
-                                        f"{bench}: rank distance against α", out / f"{bench}_rank_distance_vs_alpha.png"))
+                                        f"{bench}: rank distance against α",
+                                        out / f"{bench}_rank_distance_vs_alpha.png"))
     return paths
 
 
@@ -224,34 +276,39 @@ def main(argv: list[str] | None = None) -> int:
         groups = parse_groups(args.groups) if args.groups else default_groups()
         labels = {}
         for path, text in args.label:
-            parse_label(text)  # refuse a malformed label before reading anything
+            try:
+                parse_label(text)  # refuse a malformed label before reading anything
+            except ValueError as e:
+                raise ValueError(f"--label {path}: {e}") from None
             labels[Path(path)] = text
-    except ValueError as e:
+        check_output_dir(args.out, "--out")
+    except (OutputError, ValueError) as e:
         parser.error(str(e))
     missing = [str(p) for p in args.inputs if not p.exists()]
     if missing:
         parser.error(f"no such file or folder: {', '.join(missing)}")
-    files = find_result_files(args.inputs)
-    if not files:
-        parser.error("no result JSONs (from eval.xtd / eval.m3c) found in the inputs")
     try:
+        files = find_result_files(args.inputs)
+        if not files:
+            parser.error("no result JSONs (from eval.xtd / eval.m3c) found in the inputs")
         runs = [load_run(file, labels) for file in files]
     except ValueError as e:
         parser.error(str(e))
 
     tables = aggregate(runs, groups)
-    args.out.mkdir(parents=True, exist_ok=True)
     sections = [markdown_table(bench, table, groups) for bench, table in tables.items()]
     report = "\n\n".join(sections) + "\n"
-    (args.out / "report.md").write_text(report, encoding="utf-8")
-    write_json_atomic(args.out / "report.json", {
-        "groups": groups, "inputs": [str(r.path) for r in runs],
-        "benchmarks": {b: {str(a): row for a, row in t.items()} for b, t in tables.items()}})
-    plots = [p for bench, table in tables.items() for p in write_plots(bench, table, groups, args.out)]
     print(report)
-    print(f"{len(runs)} result file(s); wrote {args.out / 'report.md'}, {args.out / 'report.json'}"
-          + "".join(f", {p}" for p in plots))
-    return 0
+    print(f"{len(runs)} result file(s)")
+    written = [save_output(parser.prog, "report", args.out / "report.md",
+                           lambda: write_text_atomic(args.out / "report.md", report)),
+               save_output(parser.prog, "report data", args.out / "report.json",
+                           lambda: write_json_atomic(args.out / "report.json", {
+                               "groups": groups, "inputs": [str(r.path) for r in runs],
+                               "benchmarks": {b: {str(a): row for a, row in t.items()} for b, t in tables.items()}})),
+               save_output(parser.prog, "plots", args.out,
+                           lambda: [write_plots(bench, table, groups, args.out) for bench, table in tables.items()])]
+    return 0 if all(written) else 1
 
 
 if __name__ == "__main__":

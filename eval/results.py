@@ -18,7 +18,9 @@ Shape (recalls, mAP as fractions in [0, 1]; rank distances in ranks; ranks start
                               "per_language": {lang: {"map", "rank_distance"}}}
       },
       "meta": {"benchmark", "model" (the spec given), "model_name", "pretrained", "languages",
-               "n_images", "device", "seconds", "date", "versions", "text_only", "translate_test",
+               "n_images", "n_unreadable_images", "unreadable_images" (files that could not be
+               decoded: every pair involving one counts as a miss), "device", "seconds", "date",
+               "versions", "text_only", "translate_test",
                "train" (the trainer's train_meta.json when the model is a saved run), ...}
     }
 
@@ -33,9 +35,11 @@ import datetime as _dt
 import importlib.metadata
 import os
 import platform
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from data_recipes.shards import write_json_atomic
+from mclip_hbt.fileio import write_json_atomic
 
 VERSIONED_PACKAGES = ("mclip-hbt", "torch", "open_clip_torch", "transformers", "tokenizers")
 
@@ -76,6 +80,20 @@ def write_results(path: str | Path, records: list[dict], summary: dict, meta: di
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, {"results": records, "summary": summary, "meta": meta})
     return path
+
+
+def save_output(prog: str, what: str, path: Path, write: Callable[[], object]) -> bool:
+    """Run ``write`` (which writes ``what`` to ``path``) and say where it went. A write error at the
+    end of a run (a full disk) is one line naming what was not written, not a traceback; the
+    atomic writers leave no temporary file. Returns whether it was written."""
+    try:
+        write()
+    except OSError as err:
+        print(f"{prog}: error: {what} not written to {path}: {err.strerror or err}; free some space "
+              "or choose another path", file=sys.stderr)
+        return False
+    print(f"{what}: {path}")
+    return True
 
 
 def _pct(value: float | None) -> str:

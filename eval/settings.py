@@ -1,4 +1,4 @@
-"""The retrieval settings of DESIGN §3, computed from embeddings (no model, no files).
+"""The retrieval settings of docs/design.md §4, computed from embeddings (no model, no files).
 
 - monolingual: one language's captions vs the images, both directions;
 - cross-lingual: caption in X → its counterpart among the captions in Y, every ordered pair X≠Y;
@@ -13,16 +13,27 @@ from __future__ import annotations
 
 import torch
 
-from .metrics import (average_precision, mean_average_precision, mean_recall, rank_distance, rank_distances,
-                      recall_at_k, relevant_ranks, retrieval_recalls)
+from .metrics import (
+    average_precision,
+    mean_average_precision,
+    mean_recall,
+    rank_distance,
+    rank_distances,
+    recall_at_k,
+    relevant_ranks,
+    retrieval_recalls,
+)
 
 KS = (1, 5, 10)
 
 
 def monolingual(text_emb: torch.Tensor, text_image_index: torch.Tensor, image_emb: torch.Tensor,
-                device: str | torch.device = "cpu") -> tuple[dict[str, float], dict[str, float]]:
-    """CLIP_benchmark's metric dict and our summary entry for one language's captions vs the images."""
-    recalls = retrieval_recalls(text_emb, image_emb, text_image_index, ks=KS, device=device)
+                device: str | torch.device = "cpu", unreadable_images: torch.Tensor | None = None
+                ) -> tuple[dict[str, float], dict[str, float]]:
+    """CLIP_benchmark's metric dict and our summary entry for one language's captions vs the images
+    (``unreadable_images``: a boolean mask of images that could not be read, never a hit)."""
+    recalls = retrieval_recalls(text_emb, image_emb, text_image_index, unreadable_images=unreadable_images, ks=KS,
+                                device=device)
     summary = {f"t2i_r@{k}": recalls[f"image_retrieval_recall@{k}"] for k in KS}
     summary.update({f"i2t_r@{k}": recalls[f"text_retrieval_recall@{k}"] for k in KS})
     summary["mean_recall"] = mean_recall(recalls, KS)
@@ -55,10 +66,12 @@ def _pool(aligned: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor,
 
 
 def multilingual_image(image_emb: torch.Tensor, aligned: dict[str, torch.Tensor],
-                       device: str | torch.device = "cpu") -> dict[str, float]:
+                       device: str | torch.device = "cpu", unreadable_images: torch.Tensor | None = None
+                       ) -> dict[str, float]:
     """Image → captions of every language; one relevant caption per language."""
     pool, image, _ = _pool(aligned)
-    ranks = relevant_ranks(image_emb, pool, torch.arange(len(image_emb)), image, device=device)
+    ranks = relevant_ranks(image_emb, pool, torch.arange(len(image_emb)), image, missing_queries=unreadable_images,
+                           device=device)
     out = {"map": mean_average_precision(ranks)}
     out.update({f"r@{k}": recall_at_k(ranks, k) for k in KS})
     out["rank_distance"] = rank_distance(ranks)

@@ -1,5 +1,5 @@
 """Zero-shot retrieval on XTD10 (or any XTD-layout split) in the monolingual, cross-lingual and
-multilingual settings of DESIGN §3.
+multilingual settings of docs/design.md §4.
 
     python -m eval.xtd --lang all --model e5-small-vit-b32 --images COCO2014/ --out xtd10.json --plot xtd10.png
     python -m eval.xtd --lang all --text-only --model bundled:multilingual-e5-small
@@ -16,12 +16,17 @@ from pathlib import Path
 from mclip_hbt.paths import shared_data_dir
 
 from .benchmark_data import BenchmarkDataError, available_xtd_languages, find_images, load_xtd_split
-from .cli_common import (add_common_arguments, check_common_arguments, load_model_or_exit, parse_languages,
-                         run_meta)
-from .evaluate import evaluate_split
+from .cli_common import (
+    add_common_arguments,
+    check_common_arguments,
+    evaluate_or_exit,
+    load_model_or_exit,
+    parse_languages,
+    run_meta,
+)
 from .plots import language_panel, plot_language_panels
 from .references import load_references
-from .results import format_summary, write_results
+from .results import format_summary, save_output, write_results
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "val2014/); not needed with --text-only")
     parser.add_argument("--captions", type=Path, default=None,
                         help="XTD-layout caption folder (default: xtd10/ in $MCLIP_HBT_DATA or ../shared/data)")
-    parser.add_argument("--dataset", default="xtd10", help="dataset name written into the result records (default: %(default)s)")
+    parser.add_argument("--dataset", default="xtd10",
+                        help="dataset name written into the result records (default: %(default)s)")
     return parser
 
 
@@ -61,18 +67,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(e))
     model = load_model_or_exit(parser, args)
 
-    result = evaluate_split(split, model, langs=langs, image_paths=image_paths, translate_test=args.translate_test,
-                            batch_size=args.batch_size, image_batch_size=args.image_batch_size,
-                            num_workers=args.num_workers, device=args.device, progress=not args.no_progress)
-    meta = run_meta(args, model, args.dataset, langs, len(split.image_names), started)
+    result = evaluate_or_exit(parser, args, split, model, langs, image_paths)
+    meta = run_meta(args, model, args.dataset, langs, len(split.image_names), result.unreadable_images, started)
     print(format_summary(result.summary, langs, f"{args.dataset} — {args.model} ({meta['seconds']:.0f} s)"))
+    written = []
     if args.out:
-        print(f"results: {write_results(args.out, result.records, result.summary, meta)}")
+        written.append(save_output(parser.prog, "results", args.out,
+                                   lambda: write_results(args.out, result.records, result.summary, meta)))
     if args.plot:
         panel = language_panel(args.dataset, result.summary, langs, model.name, "t2i_r@10", "text→image R@10",
                                load_references(args.dataset))
-        print(f"plot: {plot_language_panels([panel], args.plot)}")
-    return 0
+        written.append(save_output(parser.prog, "plot", args.plot, lambda: plot_language_panels([panel], args.plot)))
+    return 0 if all(written) else 1
 
 
 if __name__ == "__main__":

@@ -11,19 +11,15 @@ rebuilds its SentencePiece-unigram tokenizer with ``tokenizers``, once, into
 from __future__ import annotations
 
 import argparse
-import fcntl
 import importlib.util
 import json
-import os
-import shutil
 import struct
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from mclip_hbt.fileio import build_once
 from mclip_hbt.paths import cache_dir
 
 BUNDLED_PREFIX = "bundled:"
@@ -285,9 +281,8 @@ def convert(source: Path, out_dir: Path) -> None:
     model.load_state_dict(state, strict=True, assign=True)
     model.save_pretrained(out_dir)
     build_tokenizer(e5, max_length=e5.max_positions).save_pretrained(out_dir)
-    (out_dir / PROVENANCE_FILE).write_text(json.dumps(
-        {"converter_version": CONVERTER_VERSION, "source": str(source),
-         "source_bytes": source.stat().st_size}, indent=2) + "\n")
+    (out_dir / PROVENANCE_FILE).write_text(json.dumps({"source": str(source), "source_bytes": source.stat().st_size},
+                                                      indent=2) + "\n")
 
 
 def _check_known(name: str) -> None:
@@ -313,59 +308,18 @@ def bundled_source_file(name: str = DEFAULT_BUNDLED) -> Path:
         "pip install --force-reinstall 'mclip-hbt[offline]'")
 
 
-def _is_current(model_dir: Path) -> bool:
-    try:
-        info = json.loads((model_dir / PROVENANCE_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    return info.get("converter_version") == CONVERTER_VERSION
-
-
-def _make_readable(folder: Path) -> None:
-    """Give the folder the modes of ordinary files (mkdtemp and safetensors create them private)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for path in folder.iterdir():
-        path.chmod(0o666 & ~umask)
-
-
-@contextmanager
-def _exclusive(lock_path: Path):
-    """Serialise conversions across processes (several workers may start at once)."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def bundled_model_path(name: str = DEFAULT_BUNDLED, force: bool = False) -> Path:
-    """The Hugging Face folder of bundled model ``name``, converting it on first use."""
+    """The Hugging Face folder of bundled model ``name``, converting it on first use.
+
+    The cache is keyed by the converter version and the transformers major version (the tokenizer
+    files each major writes differ), so a cache written under one is rebuilt under the other.
+    """
     _check_known(name)
-    root = cache_dir() / "bundled"
-    target = root / name
-    if not force and _is_current(target):
-        return target
-    source = bundled_source_file(name)
-    with _exclusive(root / f".{name}.lock"):
-        if not force and _is_current(target):  # another process finished while we waited
-            return target
-        # Build beside the target and rename into place, so readers never see a half-written folder.
-        staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
-        try:
-            convert(source, staging)
-            if target.exists():
-                retired = Path(tempfile.mkdtemp(prefix=f".{name}.old.", dir=root))
-                os.replace(target, retired / name)
-                shutil.rmtree(retired)
-            _make_readable(staging)
-            os.replace(staging, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
+    import transformers
+
+    stamp = {"converter_version": CONVERTER_VERSION, "transformers_major": transformers.__version__.split(".")[0]}
+    return build_once(cache_dir() / "bundled" / name, stamp,
+                      lambda staging: convert(bundled_source_file(name), staging), force=force)
 
 
 def resolve_model_name(name_or_path: str) -> str:
@@ -376,15 +330,20 @@ def resolve_model_name(name_or_path: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from mclip_hbt.bundled_vision import BUNDLED_VISION, converted_weights_dir  # it imports this module
+
+    prepare = {**{name: bundled_model_path for name in BUNDLED_FILES},
+               **{name: converted_weights_dir for name in BUNDLED_VISION}}
     parser = argparse.ArgumentParser(
         prog="python -m mclip_hbt.bundled",
-        description="Convert a bundled offline text encoder into a Hugging Face folder and print its path.")
-    parser.add_argument("--name", default=DEFAULT_BUNDLED, choices=sorted(BUNDLED_FILES),
-                        help="bundled model to prepare")
+        description="Convert a bundled offline model (the text encoder, or an image tower's weights) into its "
+                    "cache folder and print the folder.")
+    parser.add_argument("--name", default=DEFAULT_BUNDLED, choices=sorted(prepare),
+                        help="bundled model to prepare (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="convert again even if the folder exists")
     args = parser.parse_args(argv)
     try:
-        print(bundled_model_path(args.name, force=args.force))
+        print(prepare[args.name](args.name, force=args.force))
     except MissingOfflineExtraError as err:
         parser.exit(2, f"error: {err}\n")
 

@@ -50,13 +50,13 @@ from __future__ import annotations
 
 import bisect
 import glob
-import io
 import json
 import logging
 import math
 import multiprocessing
 import os
 import random
+import signal
 import tarfile
 import zlib
 from collections import Counter, deque
@@ -70,6 +70,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
 from data_recipes.shards import IMAGE_EXTS
+from mclip_hbt.fileio import parse_json
+from mclip_hbt.images import ImageError, open_image
 from mclip_hbt.languages import canonical_lang
 
 logger = logging.getLogger(__name__)
@@ -125,16 +127,54 @@ class Shard:
     weight: float  # source weight, for resampling
 
 
-def _read_sizes(url: str, cache: dict[str, dict | None]) -> int | None:
-    directory, name = os.path.split(url)
+class DataOptionError(ValueError):
+    """Shards and options from which no epoch can be planned; ``option`` names the parameter at fault
+    (``urls``, ``weights`` or ``samples_per_epoch``, as ``build_loader`` calls them)."""
+
+    def __init__(self, option: str, message: str):
+        super().__init__(message)
+        self.option = option
+
+
+def _sizes_file(directory: str, cache: dict[str, dict | None]) -> dict | None:
+    """A directory's parsed ``sizes.json`` (read once per directory); None when absent or unreadable."""
     if directory not in cache:
         try:
             with wds.gopen(os.path.join(directory, "sizes.json")) as stream:
-                cache[directory] = json.load(stream)
+                sizes = json.load(stream)
+            cache[directory] = sizes if isinstance(sizes, dict) else None
         except (OSError, ValueError):
             cache[directory] = None
-    sizes = cache[directory]
+    return cache[directory]
+
+
+def _read_sizes(url: str, cache: dict[str, dict | None]) -> int | None:
+    directory, name = os.path.split(url)
+    sizes = _sizes_file(directory, cache)
     return None if sizes is None or name not in sizes else int(sizes[name])
+
+
+def _check_directory(source: str, tar_paths: list[str], cache: dict[str, dict | None]) -> None:
+    """A shard folder's ``sizes.json`` must list exactly its ``.tar`` files.
+
+    The recipes write ``sizes.json`` after the shards (and delete an old one first), so a folder
+    without it, or with one naming other files, is a write that was interrupted: new shards mixed
+    with old ones, or a count that no longer matches.
+    """
+    if not tar_paths:
+        return
+    sizes = _sizes_file(os.path.dirname(tar_paths[0]), cache)
+    redo = "it looks like an interrupted write: re-run the recipe that made it (data_recipes.from_captions, " \
+           "synth_scenes or translate) into an empty folder"
+    if sizes is None:
+        raise DataOptionError("urls", f"{source} holds {len(tar_paths)} .tar shard(s) but no readable sizes.json; "
+                                      f"{redo}")
+    present = {os.path.basename(path) for path in tar_paths}
+    unlisted, missing = sorted(present - sizes.keys()), sorted(sizes.keys() - present)
+    if unlisted or missing:
+        raise DataOptionError("urls", f"{source}: sizes.json does not match the .tar files present "
+                                      f"({len(unlisted)} not listed, e.g. {unlisted[:3]}; {len(missing)} listed but "
+                                      f"absent, e.g. {missing[:3]}); {redo}")
 
 
 def expand_shards(urls: str | Sequence[str], weights: str | Sequence[float] | None = None) -> list[Shard]:
@@ -150,21 +190,62 @@ def expand_shards(urls: str | Sequence[str], weights: str | Sequence[float] | No
     if weights is None:
         factors = [1.0] * len(sources)
     else:
-        factors = [float(w) for w in (weights.split("::") if isinstance(weights, str) else weights)]
+        given = weights.split("::") if isinstance(weights, str) else list(weights)
+        try:
+            factors = [float(w) for w in given]
+        except (TypeError, ValueError):
+            raise DataOptionError("weights", "data weights must be numbers, one per source, like '1::0.5'; "
+                                             f"got {weights!r}") from None
         if len(factors) != len(sources):
-            raise ValueError(f"got {len(factors)} data weights for {len(sources)} sources")
-        if any(w < 0 for w in factors) or not any(w > 0 for w in factors):
-            raise ValueError("data weights must be >= 0 and not all zero")
+            raise DataOptionError("weights", f"got {len(factors)} data weights for {len(sources)} sources")
+        if not all(math.isfinite(w) and w >= 0 for w in factors) or not any(w > 0 for w in factors):
+            raise DataOptionError("weights", f"data weights must be finite, >= 0 and not all zero; got {weights!r}")
     sizes_cache: dict[str, dict | None] = {}
     shards = []
     for source, factor in zip(sources, factors):
         is_dir = "://" not in source and os.path.isdir(source)
-        urls_of_source = sorted(glob.glob(os.path.join(source, "*.tar"))) if is_dir else wds.shardlists.expand_urls(source)
+        if is_dir:
+            urls_of_source = sorted(glob.glob(os.path.join(source, "*.tar")))
+            _check_directory(source, urls_of_source, sizes_cache)
+        else:
+            urls_of_source = wds.shardlists.expand_urls(source)
         for url in urls_of_source:
             shards.append(Shard(url, _read_sizes(url, sizes_cache), factor))
     if not shards:
-        raise ValueError(f"no shards in {urls!r}")
+        raise DataOptionError("urls", f"no shards in {urls!r}")
     return shards
+
+
+def epoch_length(shards: Sequence[Shard], *, resampled: bool, samples_per_epoch: int | None, world_size: int,
+                 weighted: bool = False) -> int | None:
+    """Samples per rank per epoch in resampled mode (default: the shards' total / ranks), None otherwise.
+
+    Raises ``DataOptionError`` for options no epoch can be planned from (the trainer checks them
+    with this before it builds a model): shards that hold no samples, weights without resampling,
+    a non-resampled epoch without ``sizes.json`` counts, a bad ``samples_per_epoch``.
+    """
+    missing = [s.url for s in shards if s.size is None]
+    if not missing and not any(s.size for s in shards):
+        raise DataOptionError("urls", f"the {len(shards)} shard(s) hold no samples (sizes.json gives 0 for each, "
+                                      f"e.g. {shards[0].url}): build them again")
+    if weighted and not resampled:
+        raise DataOptionError("weights", "data weights need resampled mode (train.py --resampled), as in open_clip")
+    if not resampled:
+        if samples_per_epoch is not None:
+            raise DataOptionError("samples_per_epoch", "samples_per_epoch sets the epoch length of resampled mode only")
+        if missing:
+            raise DataOptionError("urls", f"no sample count for {missing[0]} ({len(missing)} shards): a non-resampled "
+                                          "epoch is planned from sizes.json beside the shards (data_recipes.shards "
+                                          "writes it)")
+        return None
+    if samples_per_epoch is None:
+        if missing:
+            raise DataOptionError("samples_per_epoch",
+                                  "resampled mode needs samples_per_epoch when shards have no sizes.json")
+        return math.ceil(sum(s.size for s in shards) / world_size)
+    if samples_per_epoch < 1:
+        raise DataOptionError("samples_per_epoch", f"samples_per_epoch must be >= 1, got {samples_per_epoch}")
+    return samples_per_epoch
 
 
 def distributed_rank_world(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
@@ -327,26 +408,22 @@ def read_tar_samples(url: str, faults: FaultCounter, expected: int | None = None
 
 
 def decode_image(data: bytes, draft_size: int | None = None) -> Image.Image:
-    """PIL RGB image; with ``draft_size`` a JPEG is decoded at the smallest 1/2**k DCT scale that keeps
-    both sides >= ``draft_size`` (libjpeg does the downscale, several times faster for large photos)."""
-    image = Image.open(io.BytesIO(data))
-    if draft_size and image.format == "JPEG":
-        image.draft("RGB", (draft_size, draft_size))
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    image.load()
-    return image
+    """Upright 8-bit RGB image (``mclip_hbt.images.open_image``, as the recipes use); raises ``ImageError``."""
+    return open_image(data, draft_size)
 
 
-def parse_captions(raw_json: bytes, where: str, faults: FaultCounter) -> tuple[dict[str, list[str]], list[str]] | None:
-    """``(captions, mt)`` with canonical language codes, or None (fault recorded) when unusable."""
+def parse_captions(raw_json: bytes, where: str, faults: FaultCounter) -> dict | None:
+    """The ``KEY.json`` record checked: ``{"captions", "mt", "source"}`` with canonical language codes,
+    or None (fault recorded) when unusable."""
     try:
-        record = json.loads(raw_json)
+        record = parse_json(raw_json)  # every parse failure, nesting too deep included, is a ValueError
+        if not isinstance(record, dict):
+            raise ValueError("KEY.json is not a JSON object")
         captions = record.get("captions") or {}
         mt = record.get("mt") or []
         if not isinstance(captions, dict) or not isinstance(mt, list):
             raise ValueError("'captions' must be an object and 'mt' a list")
-    except (ValueError, AttributeError, UnicodeDecodeError) as exc:
+    except ValueError as exc:
         faults.record("bad_json", where, str(exc))
         return None
     kept: dict[str, list[str]] = {}
@@ -371,7 +448,25 @@ def parse_captions(raw_json: bytes, where: str, faults: FaultCounter) -> tuple[d
             mt_langs.add(canonical_lang(lang))
         except (ValueError, AttributeError):
             pass  # an unknown code in mt has no captions left to flag
-    return kept, sorted(mt_langs & kept.keys())
+    source = record.get("source")
+    return {"captions": kept, "mt": sorted(mt_langs & kept.keys()), "source": source if isinstance(source, str) else ""}
+
+
+def parse_sample(raw: dict, faults: FaultCounter) -> tuple[dict, str] | None:
+    """A raw tar sample's checked record (``parse_captions``) and image extension, or None (fault
+    recorded): the per-sample checks of every reader of shards (training, ``data_recipes.translate``)."""
+    where = f"{raw['__url__']}:{raw['__key__']}"
+    if "json" not in raw:
+        faults.record("no_captions", where, "no KEY.json")
+        return None
+    record = parse_captions(raw["json"], where, faults)
+    if record is None:
+        return None
+    ext = next((e for e in IMAGE_EXTS if e in raw), None)
+    if ext is None:
+        faults.record("missing_image", where)
+        return None
+    return record, ext
 
 
 def decode_sample(raw: dict, image_transform: Callable, faults: FaultCounter, draft_size: int | None = None,
@@ -381,23 +476,15 @@ def decode_sample(raw: dict, image_transform: Callable, faults: FaultCounter, dr
     ``augment_seed`` makes the transform's random augmentation a function of the sample (and epoch)
     rather than of the worker's RNG, so a resumed run sees exactly the crops an unbroken run saw.
     """
-    where = f"{raw['__url__']}:{raw['__key__']}"
-    if "json" not in raw:
-        faults.record("no_captions", where, "no KEY.json")
-        return None
-    parsed = parse_captions(raw["json"], where, faults)
+    parsed = parse_sample(raw, faults)
     if parsed is None:
         return None
-    ext = next((e for e in IMAGE_EXTS if e in raw), None)
-    if ext is None:
-        faults.record("missing_image", where)
-        return None
+    record, ext = parsed
     try:
         image = decode_image(raw[ext], draft_size)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        faults.record("bad_image", where, f"{type(exc).__name__}: {exc}")
+    except ImageError as exc:
+        faults.record("bad_image", f"{raw['__url__']}:{raw['__key__']}", str(exc))
         return None
-    captions, mt = parsed
     if augment_seed is None:
         pixels = image_transform(image)
     else:
@@ -405,7 +492,7 @@ def decode_sample(raw: dict, image_transform: Callable, faults: FaultCounter, dr
             # the CPU generator only: torch.manual_seed would also seed every accelerator (~100x slower)
             torch.default_generator.manual_seed(zlib.crc32(augment_seed.encode()))
             pixels = image_transform(image)
-    return {"key": raw["__key__"], "image": pixels, "captions": captions, "mt": mt}
+    return {"key": raw["__key__"], "image": pixels, "captions": record["captions"], "mt": record["mt"]}
 
 
 # ---------------------------------------------------------------------------------------- datasets
@@ -428,24 +515,10 @@ class SampleStream(IterableDataset):
             raise ValueError("num_workers must be >= 0")
         if shuffle_buffer < 0:
             raise ValueError("shuffle_buffer must be >= 0")
-        if weights is not None and not resampled:
-            raise ValueError("data weights need resampled mode (as in open_clip)")
         self.shards = expand_shards(urls, weights)
         self.rank, self.world_size = distributed_rank_world(rank, world_size)
-        missing = [s.url for s in self.shards if s.size is None]
-        if resampled:
-            if samples_per_epoch is None:
-                if missing:
-                    raise ValueError("resampled mode needs samples_per_epoch when shards have no sizes.json")
-                samples_per_epoch = math.ceil(sum(s.size for s in self.shards) / self.world_size)
-            if samples_per_epoch < 1:
-                raise ValueError("samples_per_epoch must be >= 1")
-        else:
-            if samples_per_epoch is not None:
-                raise ValueError("samples_per_epoch sets the epoch length of resampled mode only")
-            if missing:
-                raise ValueError(f"no sample count for {missing[0]} ({len(missing)} shards): a non-resampled epoch "
-                                 "is planned from sizes.json beside the shards (data_recipes.shards writes it)")
+        samples_per_epoch = epoch_length(self.shards, resampled=resampled, samples_per_epoch=samples_per_epoch,
+                                         world_size=self.world_size, weighted=weights is not None)
         self.image_transform = image_transform
         self.num_workers = num_workers
         self.chunk_size = chunk_size
@@ -491,7 +564,8 @@ class SampleStream(IterableDataset):
                                    "iterate it through a DataLoader with that many workers")
             return 0
         if info.num_workers != max(1, self.num_workers):
-            raise RuntimeError(f"stream planned for {self.num_workers} workers but the DataLoader has {info.num_workers}")
+            raise RuntimeError(f"stream planned for {self.num_workers} workers but the DataLoader has "
+                               f"{info.num_workers}")
         return info.id
 
     def _raw_samples(self, slot: SlotPlan, worker: int, faults: FaultCounter) -> Iterator[dict]:
@@ -518,8 +592,13 @@ class SampleStream(IterableDataset):
         """How many of this worker's chunks the resume point covers."""
         return merge_order([s.num_chunks for s in plan.slots])[:self.skip_chunks].count(worker)
 
-    def _stream(self, worker: int, plan: EpochPlan, faults: FaultCounter) -> Iterator[dict]:
-        """This worker's decoded samples, each with the index of its chunk in the plan."""
+    def _stream(self, worker: int, plan: EpochPlan, faults: FaultCounter) -> Iterator[tuple[int, dict]]:
+        """This worker's raw samples to decode, each with the index of its chunk in the plan.
+
+        Raw, not decoded: a consumer learns that the stream passed a chunk before it decodes the
+        next sample, so a chunk of faulty samples is handed on at once (a run waiting on broken data
+        sees empty chunks arrive, not silence) and carries the faults of its own samples.
+        """
         slot = plan.slots[worker]
         if slot.num_chunks == 0:
             return
@@ -539,15 +618,19 @@ class SampleStream(IterableDataset):
             if skipping:  # faults of the skipped part were reported by the run that consumed it
                 faults.clear()
                 skipping = False
-            decoded = decode_sample(sample, self.image_transform, faults, self.draft_size,
-                                    augment_seed=f"{self.seed}:{self.epoch}:{sample['__key__']}")
-            if decoded is not None:
-                decoded["chunk"] = chunk
-                yield decoded
+            yield chunk, sample
+
+    def _decode(self, raw: dict, faults: FaultCounter) -> dict | None:
+        return decode_sample(raw, self.image_transform, faults, self.draft_size,
+                             augment_seed=f"{self.seed}:{self.epoch}:{raw['__key__']}")
 
     def __iter__(self) -> Iterator[dict]:
         self.faults = FaultCounter()  # for single-process use; chunks carry them across processes
-        yield from self._stream(self._worker(), self.plan(), self.faults)
+        for chunk, raw in self._stream(self._worker(), self.plan(), self.faults):
+            sample = self._decode(raw, self.faults)
+            if sample is not None:
+                sample["chunk"] = chunk
+                yield sample
 
 
 class ChunkStream(SampleStream):
@@ -561,12 +644,15 @@ class ChunkStream(SampleStream):
         current = self._consumed_chunks(worker, plan)
         self._empty_images: torch.Tensor | None = None
         items = []
-        for sample in self._stream(worker, plan, faults):
-            while sample["chunk"] > current:
+        for chunk, raw in self._stream(worker, plan, faults):
+            while chunk > current:
                 yield self._chunk(items, faults, worker)
                 current, items = current + 1, []
-            items.append(sample)
-        for _ in range(current, plan.slots[worker].num_chunks):  # the rest, possibly empty; the last carries the final faults
+            sample = self._decode(raw, faults)
+            if sample is not None:
+                items.append(sample)
+        # the rest, possibly empty; the last carries the final faults
+        for _ in range(current, plan.slots[worker].num_chunks):
             yield self._chunk(items, faults, worker)
             items = []
 
@@ -583,6 +669,12 @@ class ChunkStream(SampleStream):
                 "keys": [s["key"] for s in items], "faults": faults.drain(), "worker": worker}
 
 
+def _ignore_interrupt(worker_id: int) -> None:
+    """Ctrl-C reaches the whole process group; the main process alone decides how to stop (it may
+    checkpoint first), so a worker must not die of it and leave the main process without data."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class ChunkLoader(DataLoader):
     """DataLoader over a ``ChunkStream``: tracks the epoch position and sums fault counts."""
 
@@ -591,7 +683,7 @@ class ChunkLoader(DataLoader):
         workers = stream.num_workers
         # Its own generator: worker seeds must not draw from (and so shift) the trainer's global RNG.
         super().__init__(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                         generator=torch.Generator().manual_seed(stream.seed),
+                         generator=torch.Generator().manual_seed(stream.seed), worker_init_fn=_ignore_interrupt,
                          persistent_workers=persistent_workers and workers > 0,
                          prefetch_factor=prefetch_factor if workers > 0 else None)
         self.chunks_consumed = stream.skip_chunks

@@ -25,7 +25,8 @@ def load_or_explain(load: Callable[[], T], what: str, name: str) -> T:
     except (OSError, ValueError, RuntimeError) as err:
         if isinstance(err, ModelUnavailableError):
             raise
-        reason = "the Hugging Face hub is switched off (HF_HUB_OFFLINE=1)" if hub_offline() else "it could not be found or downloaded"
+        reason = ("the Hugging Face hub is switched off (HF_HUB_OFFLINE=1)" if hub_offline()
+                  else "it could not be found or downloaded")
         raise ModelUnavailableError(
             f"cannot load the {what} {name!r}: {reason}. Download it on a machine with hub access "
             f"(its files then sit in the Hugging Face cache), or pass a local directory or checkpoint instead. "

@@ -1,6 +1,6 @@
 """The hybrid batcher: turns a stream of multilingual sample chunks into monolingual / cross-lingual batches.
 
-DESIGN §2. Each step is *monolingual* with probability ``alpha`` (every caption in language X) or
+docs/design.md §2. Each step is *monolingual* with probability ``alpha`` (every caption in language X) or
 *cross-lingual* (each sample's caption language drawn independently from the languages it has).
 The mode and X of step ``s`` are a pure function of ``(seed, s)``, so every rank and every resumed
 run draws the same ones; per-sample draws (caption language, which caption, translation pair) are
@@ -143,6 +143,7 @@ class HybridBatcher:
         self.step = 0
         self.chunks_consumed = 0
         self.faults = FaultCounter()  # data faults reported by the chunks read, over the whole run
+        self.samples_kept = 0  # samples taken into the pool from chunks (not saved: callers watch it grow)
         self._step_faults: Counter[str] = Counter()
         self._step_reads = 0
 
@@ -226,6 +227,7 @@ class HybridBatcher:
             # clone: a view would keep the whole chunk's tensor alive while one sample waits
             sample_id = self._add(key, images[i].clone(), captions)
             if sample_id is not None:
+                self.samples_kept += 1
                 new_ids.append(sample_id)
                 self._observed.update(self._pool[sample_id].langs)
         return new_ids

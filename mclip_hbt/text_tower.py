@@ -66,7 +66,8 @@ class TextTower(nn.Module):
         return self.transformer.config.hidden_size
 
     def tokenize(self, texts: Sequence[str]) -> BatchEncoding:
-        """Tokenize captions (prefix added), padded to the longest caption of this batch, truncated at ``max_length``."""
+        """Tokenize captions (prefix added), padded to the longest caption of this batch, truncated at
+        ``max_length``."""
         if isinstance(texts, str):
             texts = [texts]
         texts = [self.prefix + t for t in texts]

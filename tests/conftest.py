@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,3 +22,42 @@ def shared_data() -> Path:
         pytest.skip(f"real caption data not found at {root}: set MCLIP_HBT_DATA to the folder holding "
                     "xtd10/ and multi30k/ (the project's shared/data)")
     return root
+
+
+
+class SmallFileSystems:
+    """Real small file systems for fault tests: a tmpfs that fills up (ENOSPC) or is read-only (EROFS,
+    which root cannot bypass as it bypasses permission bits)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.mounted: list[Path] = []
+
+    def mount(self, size: str = "1m", readonly: bool = False) -> Path:
+        where = self.root / f"fs{len(self.mounted)}"
+        where.mkdir()
+        options = f"size={size}" + (",ro" if readonly else "")
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"this test needs a small tmpfs and could not mount one ({result.stderr.strip()}); "
+                        "run the tests as root (CI does) or in a container with CAP_SYS_ADMIN")
+        self.mounted.append(where)
+        return where
+
+    @staticmethod
+    def make_readonly(where: Path) -> None:
+        """Turn a mounted tmpfs read-only after the test has put files in it."""
+        subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
+
+    def unmount_all(self) -> None:
+        for where in reversed(self.mounted):
+            subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path):
+    """``small_fs.mount(size="1m", readonly=False)`` → path of a fresh tmpfs, unmounted after the test."""
+    filesystems = SmallFileSystems(tmp_path)
+    yield filesystems
+    filesystems.unmount_all()

@@ -11,22 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from eval.benchmark_data import load_xtd_split
-from mclip_hbt.bundled import (E5File, bundled_model_path, bundled_source_file, read_e5_file,
-                               resolve_model_name)
-from mclip_hbt.encoding import encode_in_length_order
+from mclip_hbt.bundled import E5File, bundled_model_path, bundled_source_file, read_e5_file, resolve_model_name
 from mclip_hbt.languages import XTD_LANGS
 from mclip_hbt.paths import REPO_ROOT
-from mclip_hbt.text_tower import TextTower
 
 E5_QUERY_PREFIX = "query: "
-#: DESIGN.md §5: caption X → English caption R@1 of the reference conversion on XTD10.
-DESIGN_R1 = {"de": 0.924, "fr": 0.907, "es": 0.897, "it": 0.818, "zh": 0.755, "pl": 0.745, "ru": 0.691,
-             "tr": 0.669, "ko": 0.652, "ja": 0.228}
-R1_LANGS = ("de", "fr", "es", "zh", "ko", "ja")
-R1_TOLERANCE = 0.02  # DESIGN.md §5: "a correct conversion lands within ±0.02"
+# The conversion's XTD10 figures (docs/design.md §5) are checked end to end through eval.xtd in
+# tests/test_eval_xtd.py::test_bundled_e5_text_only_reproduces_the_design_figures.
 
 
 @pytest.fixture(scope="session")
@@ -108,23 +101,6 @@ def test_normalisation_map_covers_nfkc_and_whitespace(e5_file, model_dir):
     samples = "Ｈｅｌｌｏ\u3000ｗｏｒｌｄ\tﬁ ① ㍻ ｶﾞ\u200b!\x01"
     expected = re.sub(" {2,}", " ", "".join(e5_file.normalization.get(c, c) for c in samples))
     assert normalizer.normalize_str(samples) == expected == "Hello world fi 1 平成 カ\u3099 !"
-
-
-@pytest.mark.slow
-def test_xtd10_caption_to_english_recall_matches_design(model_dir, xtd10):
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
-    tower = TextTower.from_name("bundled:multilingual-e5-small", pooling="mean", prefix=E5_QUERY_PREFIX,
-                                max_length=512).eval()
-    langs = ("en", *R1_LANGS)
-    texts = [c for lang in langs for c in xtd10.aligned[lang]]
-    emb = encode_in_length_order(texts, tower.tokenize, tower, batch_size=256, progress=False)
-    emb = torch.nn.functional.normalize(emb, dim=-1).view(len(langs), len(xtd10.image_names), -1)
-    target = torch.arange(emb.shape[1])
-    recall = {lang: ((emb[i] @ emb[0].T).argmax(dim=1) == target).float().mean().item()
-              for i, lang in enumerate(langs) if lang != "en"}
-    off = {lang: (round(r, 3), DESIGN_R1[lang]) for lang, r in recall.items()
-           if abs(r - DESIGN_R1[lang]) > R1_TOLERANCE}
-    assert not off, f"R@1 (measured, DESIGN) outside ±{R1_TOLERANCE}: {off}; all: {recall}"
 
 
 def test_converted_folder_loads_with_auto_classes_offline(model_dir):

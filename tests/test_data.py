@@ -15,8 +15,9 @@ import pytest
 import torchvision.transforms as T
 from PIL import Image
 
-from data_recipes.shards import CaptionShardWriter, write_json_atomic
+from data_recipes.shards import CaptionShardWriter
 from mclip_hbt.data import SKIP_REASONS, build_loader, build_sample_pipeline
+from mclip_hbt.fileio import write_json_atomic
 from mclip_hbt.paths import REPO_ROOT
 
 TO_TENSOR = T.ToTensor()
@@ -69,13 +70,19 @@ def faulty_sources(tmp_path):
     jpeg = image_bytes(1, "JPEG")
     mixed_valid = ["m_ok1", "m_ok2", "m_oddlang"]
     with tarfile.open(mixed_dir / "mixed-000000.tar", "w") as tar:
-        add_member(tar, "m_ok1.png", image_bytes(2)); add_member(tar, "m_ok1.json", caption)
-        add_member(tar, "m_badimg.jpg", jpeg[: len(jpeg) // 2]); add_member(tar, "m_badimg.json", caption)
-        add_member(tar, "m_badjson.png", image_bytes(3)); add_member(tar, "m_badjson.json", b"{\"captions\": {")
-        add_member(tar, "m_nocap.png", image_bytes(4)); add_member(tar, "m_nocap.json", b'{"captions": {}, "mt": []}')
+        add_member(tar, "m_ok1.png", image_bytes(2))
+        add_member(tar, "m_ok1.json", caption)
+        add_member(tar, "m_badimg.jpg", jpeg[: len(jpeg) // 2])
+        add_member(tar, "m_badimg.json", caption)
+        add_member(tar, "m_badjson.png", image_bytes(3))
+        add_member(tar, "m_badjson.json", b"{\"captions\": {")
+        add_member(tar, "m_nocap.png", image_bytes(4))
+        add_member(tar, "m_nocap.json", b'{"captions": {}, "mt": []}')
         add_member(tar, "m_oddlang.png", image_bytes(5))
-        add_member(tar, "m_oddlang.json", json.dumps({"captions": {"jp": ["ねこ"], "xx": ["?"]}, "mt": ["jp"]}).encode())
-        add_member(tar, "m_ok2.png", image_bytes(6)); add_member(tar, "m_ok2.json", caption)
+        add_member(tar, "m_oddlang.json",
+                   json.dumps({"captions": {"jp": ["ねこ"], "xx": ["?"]}, "mt": ["jp"]}).encode())
+        add_member(tar, "m_ok2.png", image_bytes(6))
+        add_member(tar, "m_ok2.json", caption)
     write_json_atomic(mixed_dir / "sizes.json", {"mixed-000000.tar": 6})
 
     trunc_dir = tmp_path / "trunc"
@@ -126,8 +133,8 @@ def test_accelerate_two_processes_two_workers_exact_epoch(tmp_path):
     # accelerate 1.15 runs `--cpu --num_processes 2` as ONE process (multi-CPU needs MPI there); torchrun via
     # --multi_gpu plus ACCELERATE_USE_CPU gives two gloo processes on a CPU-only machine
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT), "ACCELERATE_USE_CPU": "true"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
            str(REPO_ROOT / "tests/scripts/stream_keys.py"), "--shards", pattern(tmp_path / "shards", 7),
            "--out-dir", str(tmp_path), "--workers", "2", "--chunk-size", "4", "--samples-per-epoch", "10"]
     result = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180)

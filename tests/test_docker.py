@@ -1,4 +1,5 @@
-"""The evaluation image without a Docker engine: the entrypoint run as `docker run` would, and the Dockerfile's paths."""
+"""The evaluation image without a Docker engine: the entrypoint run as `docker run` would, and the Dockerfile's
+paths."""
 from __future__ import annotations
 
 import json

@@ -51,7 +51,8 @@ def test_end_to_end_with_placeholder_images(shared_data, tmp_path):
     flickr, coco = tmp_path / "flickr30k-images", tmp_path / "coco"
     placeholder_images(flickr, read_lines(shared_data / "multi30k/data/task1/image_splits/test_2016_flickr.txt"))
     # COCO keeps train and val images in their own folders; the evaluator finds them there.
-    placeholder_images(coco, [f"{n.split('_')[1]}/{n}" for n in read_lines(shared_data / "xtd10/XTD10/test_image_names.txt")])
+    placeholder_images(coco, [f"{n.split('_')[1]}/{n}"
+                              for n in read_lines(shared_data / "xtd10/XTD10/test_image_names.txt")])
     out, plot = tmp_path / "m3c.json", tmp_path / "m3c.png"
     assert m3c.main(["--model", "tiny", "--flickr-images", str(flickr), "--coco-images", str(coco),
                      "--out", str(out), "--plot", str(plot), "--no-progress"]) == 0

@@ -142,7 +142,7 @@ def test_real_xtd10_files_are_read_with_jp_as_ja_and_no_carriage_returns(shared_
         assert all(c.strip() for c in split.aligned[lang]), lang
 
 
-# DESIGN §5: the bundled multilingual-e5-small on XTD10 captions ("query: " prefix, mean pooling).
+# docs/design.md §5: the bundled multilingual-e5-small on XTD10 captions ("query: " prefix, mean pooling).
 E5_TO_ENGLISH_R1 = {"de": 0.924, "fr": 0.907, "es": 0.897, "it": 0.818, "zh": 0.755, "pl": 0.745, "ru": 0.691,
                     "tr": 0.669, "ko": 0.652, "ja": 0.228}
 

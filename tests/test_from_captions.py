@@ -101,8 +101,9 @@ def test_xtd10_crlf_files_round_trip_with_coco_subfolders(shared_data, tmp_path)
     files = {lang: xtd / folder / f"test_1kcaptions_{lang}.txt" for lang, folder in XTD_FILES.items()}
     assert b"\r\n" in files["es"].read_bytes() and not files["es"].read_bytes().endswith(b"\n")
 
-    args = ["--images", str(images), "--out", str(tmp_path / "out"), "--image-list", str(xtd / "XTD10/test_image_names.txt"),
-            "--max-side", "8", "--workers", "2", "--mt", "de,fr"]
+    args = ["--images", str(images), "--out", str(tmp_path / "out"),
+            "--image-list", str(xtd / "XTD10/test_image_names.txt"), "--max-side", "8", "--workers", "2",
+            "--mt", "de,fr"]
     for lang, path in files.items():
         args += ["--captions", f"{lang}={path}"]
     assert from_captions(args) == 0

@@ -4,8 +4,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eval.metrics import (average_precision, mean_average_precision, mean_recall, rank_distance, rank_distances,
-                          recall_at_k, relevant_ranks, retrieval_recalls)
+from eval.metrics import (
+    average_precision,
+    mean_average_precision,
+    mean_recall,
+    rank_distance,
+    rank_distances,
+    recall_at_k,
+    relevant_ranks,
+    retrieval_recalls,
+)
 
 
 def ranks_for_scores(scores: list[list[float]], query_groups, item_groups, **kwargs):
@@ -44,14 +52,28 @@ def test_query_removed_from_its_own_pool():
     assert mean_average_precision(removed) == 1.0 and rank_distance(removed) == 1.0
 
 
-def test_ties_take_the_best_rank_and_ap_positions_stay_distinct():
+def test_relevant_items_tied_with_each_other_share_a_rank_and_ap_positions_stay_distinct():
     # Two relevant items tie at 0.5 behind an irrelevant 0.9: both rank 2; AP counts positions 2 and 3.
     r = ranks_for_scores([[0.5, 0.5, 0.9]], [0], [0, 0, 1])
     assert r.ranks.tolist() == [[2, 2]]
     assert rank_distance(r) == 0.0
     assert mean_average_precision(r) == pytest.approx((1 / 2 + 2 / 3) / 2)
-    # A relevant item tied with an irrelevant one at the top counts as rank 1.
-    assert recall_at_k(ranks_for_scores([[0.5, 0.5]], [0], [1, 0]), 1) == 1.0
+
+
+def test_ties_with_irrelevant_items_go_against_the_query():
+    # A relevant item tied with an irrelevant one at the top ranks after it: rank 2, no hit at 1.
+    r = ranks_for_scores([[0.5, 0.5]], [0], [1, 0])
+    assert r.ranks.tolist() == [[2]] and recall_at_k(r, 1) == 0.0 and mean_average_precision(r) == 0.5
+    # Relevant items 0 (0.9) and 2 (0.5) with irrelevant 1 (0.5) and 3 (0.5): item 2 ranks after both
+    # (rank 4, AP (1/1 + 2/4) / 2); rank distance counts from the best one (rank 1) to 4.
+    r = ranks_for_scores([[0.9, 0.5, 0.5, 0.5]], [0], [0, 1, 0, 1])
+    assert r.ranks.tolist() == [[1, 4]]
+    assert mean_average_precision(r) == pytest.approx((1 + 2 / 4) / 2) and rank_distance(r) == 3.0
+    # The best relevant item tied with irrelevant ones: rank distance places it before them (rank 1) and
+    # the worst after its own ties (rank 4): relevant 0 and 3 at 0.5 tied with irrelevant 1 at 0.5, then
+    # relevant 2 at 0.1 behind them all.
+    r = ranks_for_scores([[0.5, 0.5, 0.1, 0.5]], [0], [0, 1, 0, 0])
+    assert r.ranks.tolist() == [[2, 2, 4]] and rank_distance(r) == 3.0
 
 
 def test_mean_recall_is_the_mean_of_six_recalls():

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mclip_hbt import MultilingualCLIP, create_model
+from mclip_hbt import create_model
 from mclip_hbt.hub import ModelUnavailableError
 
 CAPTIONS = ["a red circle", "ein roter Kreis links neben einem blauen Quadrat", "赤い丸", "два синих круга"]
@@ -55,7 +55,8 @@ def test_padding_does_not_change_a_caption_embedding(tiny):
 
 def test_save_and_reload_in_a_fresh_offline_process(tiny, tmp_path):
     saved = tiny.save_pretrained(tmp_path / "tiny")
-    assert {"config.json", "model.safetensors", "preprocessor_config.json", "tokenizer"} <= {p.name for p in saved.iterdir()}
+    assert ({"config.json", "model.safetensors", "preprocessor_config.json", "tokenizer"}
+            <= {p.name for p in saved.iterdir()})
     assert (saved / "tokenizer" / "tokenizer.json").is_file()
     with torch.no_grad():
         expected_text = tiny.encode_text(tiny.tokenize(CAPTIONS))
@@ -77,7 +78,8 @@ def test_save_and_reload_in_a_fresh_offline_process(tiny, tmp_path):
     # No hub, no cache of converted models, no source tree on the path: the directory must stand alone.
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "MCLIP_HBT_CACHE": str(tmp_path / "empty-cache"), "HF_HOME": str(tmp_path / "empty-hf")}
-    result = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120)
     assert result.returncode == 0, result.stderr
     assert "identical" in result.stdout
     config = json.loads((saved / "config.json").read_text())

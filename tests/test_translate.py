@@ -2,22 +2,31 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import (M2M100Config, M2M100ForConditionalGeneration, MarianConfig, MarianMTModel, NllbTokenizer,
-                          PreTrainedTokenizerFast)
+from transformers import (
+    M2M100Config,
+    M2M100ForConditionalGeneration,
+    MarianConfig,
+    MarianMTModel,
+    NllbTokenizer,
+    PreTrainedTokenizerFast,
+)
 from transformers.models.nllb.tokenization_nllb import FAIRSEQ_LANGUAGE_CODES
 
 from data_recipes.shards import CaptionShardWriter, iter_shard
 from data_recipes.translate import NLLB_CODES, language_codes
 from data_recipes.translate import main as translate
-from mclip_hbt.languages import KNOWN_LANGS
+from mclip_hbt.languages import canonical_lang
 
 SPECIAL = ["<s>", "<pad>", "</s>", "<unk>"]
 TINY = dict(d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
@@ -70,7 +79,8 @@ def nllb_dir(tmp_path_factory) -> Path:
 def pair_dir(tmp_path_factory) -> Path:
     """A code-less single-pair model, like most Marian opus-mt models."""
     bpe = train_bpe()
-    bpe.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", bpe.token_to_id("</s>"))])
+    bpe.post_processor = processors.TemplateProcessing(single="$A </s>",
+                                                       special_tokens=[("</s>", bpe.token_to_id("</s>"))])
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
                                         unk_token="<unk>")
     torch.manual_seed(0)
@@ -123,19 +133,23 @@ def test_nllb_translations_are_added_marked_and_counted(shards, nllb_dir, tmp_pa
                 assert all(t.strip() for t in record["captions"][target])
     assert records[1]["captions"]["de"] == ["Zwei Leute fahren Rad."] and records[1]["mt"] == ["fr"]  # human kept
     assert records[3]["captions"]["fr"] != ["une ancienne traduction"]  # earlier machine translation replaced
-    assert [r["mt"] for r in records] == [["de", "fr"], ["fr"], [], ["de", "fr"], ["de", "fr"], ["de", "fr"], ["de", "fr"]]
+    assert [r["mt"] for r in records] == [["de", "fr"], ["fr"], [], ["de", "fr"], ["de", "fr"], ["de", "fr"],
+                                          ["de", "fr"]]
     # The same source caption gets the same translation; the forced target code changes the output.
     assert records[0]["captions"]["de"] == records[3]["captions"]["de"]
-    assert [r["captions"]["de"] for r in records if "de" in r["mt"]] != [r["captions"]["fr"] for r in records if "de" in r["mt"]]
+    assert ([r["captions"]["de"] for r in records if "de" in r["mt"]]
+            != [r["captions"]["fr"] for r in records if "de" in r["mt"]])
 
     meta = json.loads((tmp_path / "out/dataset.json").read_text())
     assert meta["num_samples"] == len(SAMPLES) and meta["num_shards"] == 3
     for lang in ("de", "fr"):
         assert meta["languages"][lang]["captions"] == sum(len(r["captions"].get(lang, [])) for r in records)
-        assert meta["languages"][lang]["mt_captions"] == sum(len(r["captions"][lang]) for r in records if lang in r["mt"])
+        assert meta["languages"][lang]["mt_captions"] == sum(len(r["captions"][lang])
+                                                             for r in records if lang in r["mt"])
     assert meta["languages"]["fr"]["mt_captions"] == 7 and meta["languages"]["de"]["mt_captions"] == 5
     assert meta["profile"] == {"name": "test"}  # the input's own metadata is carried over
-    assert meta["translations"][-1]["model"] == str(nllb_dir) and meta["translations"][-1]["target_langs"] == ["de", "fr"]
+    assert (meta["translations"][-1]["model"] == str(nllb_dir)
+            and meta["translations"][-1]["target_langs"] == ["de", "fr"])
     assert json.loads((tmp_path / "out/sizes.json").read_text()) == \
         {"shard-000000.tar": 3, "shard-000001.tar": 3, "shard-000002.tar": 1}
 
@@ -159,8 +173,9 @@ def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(shards, nllb_d
     run(shards, nllb_dir, tmp_path / "whole")
 
     out = tmp_path / "resumed"
-    first = subprocess.run([sys.executable, "-m", "data_recipes.translate", "--shards", f"{shards}/shard-{{000000..000002}}.tar",
-                            "--model", str(nllb_dir), "--target-langs", "de,fr", "--out", str(out), "--device", "cpu",
+    first = subprocess.run([sys.executable, "-m", "data_recipes.translate",
+                            "--shards", f"{shards}/shard-{{000000..000002}}.tar", "--model", str(nllb_dir),
+                            "--target-langs", "de,fr", "--out", str(out), "--device", "cpu",
                             "--batch-size", "2", "--num-beams", "2", "--max-new-tokens", "6", "--max-shards", "1"],
                            capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr
@@ -197,5 +212,46 @@ def test_nllb_language_codes_from_the_tokenizer(nllb_dir):
     assert codes["de"].forced_bos_token_id == tokenizer.convert_tokens_to_ids("deu_Latn")
     assert codes["ja"].forced_bos_token_id == tokenizer.convert_tokens_to_ids("jpn_Jpan")
     assert tokenizer.convert_ids_to_tokens(tokenizer("A dog.")["input_ids"])[0] == "eng_Latn"
-    # Every language the project knows has a code NLLB-200 really uses.
-    assert set(NLLB_CODES) == KNOWN_LANGS and set(NLLB_CODES.values()) <= set(FAIRSEQ_LANGUAGE_CODES)
+    # Every language of the table is in the project's canonical form and has a code NLLB-200 really uses.
+    assert all(canonical_lang(lang) == lang for lang in NLLB_CODES)
+    assert set(NLLB_CODES.values()) <= set(FAIRSEQ_LANGUAGE_CODES)
+
+
+def test_bad_input_shards_and_records_are_skipped_counted_and_survive_a_rerun(nllb_dir, tmp_path, capsys):
+    """Issue 11 case 9: a shard with an unparsable KEY.json, a truncated shard and a zero-byte shard."""
+    folder = tmp_path / "in"
+    writer = CaptionShardWriter(folder, max_count=3)
+    for i in range(7):
+        writer.write(f"s{i}", bytes([i]) * 10, "jpg", {"en": [f"A dog number {i}."]})
+    writer.close()
+    first = folder / "shard-000000.tar"
+    with tarfile.open(first) as tar:
+        members = [(m.name, tar.extractfile(m).read()) for m in tar]
+    with tarfile.open(first, "w") as tar:  # s1's KEY.json nested deeper than the JSON parser recurses
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            data = b"[" * 200000 if name == "s1.json" else data
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    second = folder / "shard-000001.tar"
+    with tarfile.open(second) as tar:
+        cut = next(m for m in tar.getmembers() if m.name == "s5.jpg").offset_data + 5
+    os.truncate(second, cut)  # inside s5: s3 and s4 survive
+    (folder / "shard-000002.tar").write_bytes(b"")
+
+    out = tmp_path / "out"
+    run(folder, nllb_dir, out)
+    captured = capsys.readouterr()
+    assert "shard-000000.tar: 1 samples skipped (bad_json=1)" in captured.err
+    assert "shard-000001.tar: 1 samples skipped (bad_tar=1)" in captured.err
+    assert "shard-000002.tar: 1 samples skipped (bad_tar=1)" in captured.err
+    assert "input faults: 3 samples skipped (bad_json=1, bad_tar=2)" in captured.out
+    outputs = read_set(out)
+    assert [key for key, _, _ in outputs] == ["s0", "s2", "s3", "s4"]
+    assert all(record["mt"] == ["de", "fr"] for _, _, record in outputs)
+    assert json.loads((out / "sizes.json").read_text()) == \
+        {"shard-000000.tar": 2, "shard-000001.tar": 2, "shard-000002.tar": 0}
+
+    before = digest(out)
+    run(folder, nllb_dir, out)  # the finished output shards are adopted; the bad inputs are not read again
+    assert digest(out) == before

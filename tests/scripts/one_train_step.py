@@ -7,8 +7,8 @@ import sys
 import torch
 from accelerate import Accelerator
 
-from mclip_hbt.model import create_model
 from mclip_hbt.loss import ContrastiveLoss
+from mclip_hbt.model import create_model
 from mclip_hbt.train_config import TrainConfig
 from mclip_hbt.trainer import TrainingState, build_optimizer, train_step
 

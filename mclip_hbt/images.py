@@ -1,0 +1,65 @@
+"""Open an image the same way everywhere: upright, 8-bit RGB, of bounded size.
+
+Training (``mclip_hbt.data.decode_image``) and the shard recipes (``data_recipes.images.encode_image``)
+both call :func:`open_image`, so a picture looks the same in a shard and in a training batch:
+
+* the EXIF orientation is applied (cameras store portraits as landscapes plus an orientation tag);
+* high-bit-depth greyscale (``I;16*``, ``I``, ``F``) is scaled to 8 bits, where Pillow's ``convert``
+  clips it (a 16-bit PNG comes out white);
+* transparency (``RGBA``, ``LA``, ``PA``, a transparent palette or colour key) is composited on
+  white, not dropped to show whatever colour the file keeps under transparent pixels;
+* an image of more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (a decompression bomb: a few kB
+  that decode to gigabytes) is refused before it is decoded.
+
+Every failure is an :class:`ImageError`, so a caller has one thing to catch and count.
+"""
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+from PIL import Image, ImageOps
+
+#: Full-scale value of Pillow's single-channel high-bit-depth modes (``I`` holds 16-bit PNG/TIFF
+#: greyscale; floating-point images use 0..1).
+_FULL_SCALE = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535, "F": 1.0}
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+class ImageError(ValueError):
+    """Bytes or a file that give no usable image: undecodable, truncated, or too large."""
+
+
+def open_image(source: bytes | str | os.PathLike, draft_size: int | None = None) -> Image.Image:
+    """Decode image bytes or a file into an upright 8-bit RGB image; raise :class:`ImageError` if unusable.
+
+    With ``draft_size`` a JPEG is decoded at the smallest 1/2**k DCT scale that keeps both sides
+    >= ``draft_size`` (libjpeg does the downscale, several times faster for large photos).
+    """
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit and image.width * image.height > limit:
+                raise ImageError(f"{image.width}x{image.height} pixels is more than PIL.Image.MAX_IMAGE_PIXELS "
+                                 f"({limit}); raise that limit if the image is genuine")
+            if draft_size and image.format == "JPEG":
+                image.draft("RGB", (draft_size, draft_size))
+            image.load()
+            ImageOps.exif_transpose(image, in_place=True)
+            return to_rgb(image)
+    except ImageError:
+        raise
+    except Exception as exc:  # Pillow raises many types for corrupt files; each only means "not an image"
+        raise ImageError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB: high-bit-depth greyscale scaled (not clipped) to 0..255, transparency composited on white."""
+    if image.mode in _FULL_SCALE:
+        levels = np.nan_to_num(np.asarray(image, dtype=np.float32)) * (255 / _FULL_SCALE[image.mode])
+        image = Image.fromarray(np.clip(np.rint(levels), 0, 255).astype(np.uint8), "L")
+    elif image.mode in _ALPHA_MODES or "transparency" in image.info:
+        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, image.convert("RGBA"))
+    return image if image.mode == "RGB" else image.convert("RGB")

@@ -1,0 +1,415 @@
+"""Training under bad data, bad arguments, planted checkpoints, a shared output folder and a full disk.
+
+Real shards, real `train.py` processes and signals, real small file systems (issue 11, training part).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision.transforms as T
+from PIL import Image
+from test_train import ACCELERATE_2CPU, TINY, TRAIN_PY, _env, _train
+
+from data_recipes.shards import CaptionShardWriter
+from data_recipes.synth_scenes import generate
+from mclip_hbt import trainer
+from mclip_hbt.data import build_loader
+from mclip_hbt.fileio import write_json_atomic
+from mclip_hbt.paths import REPO_ROOT
+from mclip_hbt.trainer import open_step_log
+
+# A small local batch keeps every run short: one 16-sample chunk fills two steps.
+SMALL = ["--batch-size", "8", "--workers", "1"]
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth")
+    generate(out, train_samples=96, test_samples=4, image_size=32, shard_size=24, progress=False)
+    return out / "train"
+
+
+@pytest.fixture(scope="module")
+def trained_run(synth, tmp_path_factory) -> Path:
+    """A finished 2-step run with complete checkpoints at steps 1 and 2 (copied by the tests that change it)."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    result = _train(["--train-data", str(synth), "--output-dir", str(run), "--max-steps", "2",
+                     "--checkpoint-every", "1", *SMALL])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run
+
+
+def _copy_run(run: Path, where: Path) -> Path:
+    shutil.copytree(run, where)
+    return where
+
+
+def _garbage_shards(where: Path, sizes: dict[str, int]) -> Path:
+    """Tar names listed in sizes.json whose bytes are not a tar at all."""
+    where.mkdir(parents=True)
+    for i, name in enumerate(sizes):
+        (where / name).write_bytes(bytes(range(256)) * (40 + i))
+    (where / "sizes.json").write_text(json.dumps(sizes))
+    return where
+
+
+def _empty_shards(where: Path, sizes: dict[str, int]) -> Path:
+    """Valid tar files without a member."""
+    where.mkdir(parents=True)
+    for name in sizes:
+        tarfile.open(where / name, "w").close()
+    (where / "sizes.json").write_text(json.dumps(sizes))
+    return where
+
+
+def _no_dataset_json(synth: Path, where: Path) -> Path:
+    shutil.copytree(synth, where)
+    (where / "dataset.json").unlink()
+    return where
+
+
+def _png(i: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (i * 20 % 256, 90, 40)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _tree_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _error_lines(stderr: str) -> list[str]:
+    """The CLI's one-line errors (a progress bar may share the line, ahead of a carriage return)."""
+    return [line.split("train.py: error:", 1)[1] for line in stderr.splitlines() if "train.py: error:" in line]
+
+
+def _wait_for(path: Path, text: str, proc: subprocess.Popen, limit: float = 240) -> None:
+    """Until ``text`` shows up in the file ``path`` (a process's stderr); fails if the process ends first."""
+    deadline = time.time() + limit
+    while text not in path.read_text(errors="replace"):
+        assert proc.poll() is None, f"the run ended before {text!r}:\n{path.read_text()[-3000:]}"
+        assert time.time() < deadline, f"no {text!r} in {limit} s"
+        time.sleep(0.1)
+
+
+def _popen(args: list[str], stderr: Path, **kwargs) -> subprocess.Popen:
+    cmd = [sys.executable, TRAIN_PY, "--config", TINY, "--report-to", "none", *args]
+    return subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=stderr.open("w"), cwd=REPO_ROOT,
+                            **kwargs)
+
+
+class ModelBuilt(Exception):
+    """Raised by the tripwire that replaces build_model: the run got past its checks."""
+
+
+def _refused_in_process(argv: list[str], monkeypatch, capsys) -> str:
+    """Run the CLI in this process with build_model as a tripwire; return stderr after the exit-2 refusal."""
+    def tripwire(config):
+        raise ModelBuilt(f"a model was built for {argv}")
+    monkeypatch.setattr(trainer, "build_model", tripwire)
+    with pytest.raises(SystemExit) as exit_info:
+        trainer.cli_main(["--config", TINY, "--report-to", "none", *argv])
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ 1. no usable data never hangs
+
+@pytest.mark.parametrize("make_data, extra, faults", [
+    (lambda synth, where: _garbage_shards(where, {"a-000000.tar": 10, "a-000001.tar": 10}), [], "bad_tar=2"),
+    (lambda synth, where: _empty_shards(where, {"e-000000.tar": 12, "e-000001.tar": 12}), [], "bad_tar=2"),
+    (_no_dataset_json, ["--languages", "ja"], "no_training_language=96"),
+], ids=["corrupt", "empty-but-counted", "no-japanese"])
+def test_a_run_without_usable_data_ends_with_one_message(synth, tmp_path, make_data, extra, faults):
+    data = make_data(synth, tmp_path / "data")
+    result = _train(["--train-data", str(data), "--output-dir", str(tmp_path / "run"), *SMALL, *extra], timeout=240)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.count("no usable training data") == 1 and "Traceback" not in result.stderr
+    message = next(line for line in result.stderr.splitlines() if "no usable training data" in line)
+    assert str(data) in message and "a whole epoch" in message and faults in message
+    assert "epoch 1 data" not in result.stderr  # it gave up after the first epoch, not 148,264 later
+
+
+def test_shards_that_hold_no_samples_are_refused_before_the_model_is_built(tmp_path, monkeypatch, capsys):
+    data = _empty_shards(tmp_path / "data", {"e-000000.tar": 0, "e-000001.tar": 0})
+    err = _refused_in_process(["--train-data", str(data), "--output-dir", str(tmp_path / "run")], monkeypatch, capsys)
+    assert "--train-data" in err and "hold no samples" in err
+
+
+def test_a_chunk_of_faulty_samples_is_handed_on_once_the_stream_has_passed_it(tmp_path):
+    """So a run waiting on broken data sees chunks arrive (and can stop or give up), not silence."""
+    writer = CaptionShardWriter(tmp_path, "bad", max_count=100)
+    for i in range(12):  # eight undecodable images, then four good ones
+        image = b"not an image" if i < 8 else _png(i)
+        writer.write(f"s{i:02d}", image, "png", captions={"en": [f"sample {i}"]})
+    writer.close()
+    write_json_atomic(tmp_path / "sizes.json", writer.sizes)
+    loader = build_loader(str(tmp_path), T.ToTensor(), chunk_size=4, num_workers=0, shuffle_buffer=0)
+    chunks = list(loader)
+    assert [len(c["keys"]) for c in chunks] == [0, 0, 4]
+    assert [c["faults"].get("bad_image", 0) for c in chunks] == [4, 4, 0]  # each chunk its own samples' faults
+
+
+@pytest.mark.parametrize("sig, whole_group", [(signal.SIGTERM, False), (signal.SIGINT, True)],
+                         ids=["SIGTERM", "Ctrl-C-to-the-process-group"])
+def test_a_stop_while_waiting_for_data_exits_at_once(tmp_path, sig, whole_group):
+    data = _garbage_shards(tmp_path / "data", {"a-000000.tar": 10, "a-000001.tar": 10})
+    stderr = tmp_path / "stderr.txt"
+    # resampled over broken shards: an epoch of ten million samples' worth of empty chunks, a long data wait
+    proc = _popen(["--train-data", str(data), "--output-dir", str(tmp_path / "run"), "--resampled",
+                   "--samples-per-epoch", "10000000", *SMALL], stderr, start_new_session=True)
+    try:
+        _wait_for(stderr, "data fault bad_tar", proc)
+        if whole_group:  # what a terminal's Ctrl-C does: the DataLoader workers get it too
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    log = stderr.read_text()
+    assert proc.returncode == 143, log[-3000:]
+    assert "stop requested while waiting for data" in log and "Traceback" not in log
+
+
+@pytest.mark.slow
+def test_one_process_without_usable_data_stops_every_process(synth, tmp_path):
+    """Rank 0 gets the good shard, rank 1 only the broken one (largest-first placement): rank 1 must not
+    leave rank 0 waiting in the step's collectives forever."""
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(synth / "synth-000000.tar", data)
+    shutil.copy(synth / "dataset.json", data)
+    _garbage_shards(tmp_path / "broken", {"broken-000001.tar": 20})
+    shutil.copy(tmp_path / "broken" / "broken-000001.tar", data)
+    (data / "sizes.json").write_text(json.dumps({"synth-000000.tar": 24, "broken-000001.tar": 20}))
+    result = _train(["--train-data", str(data), "--output-dir", str(tmp_path / "run"), *SMALL],
+                    launcher=ACCELERATE_2CPU, timeout=300)
+    assert result.returncode != 0
+    assert "no usable training data: process 1: a whole epoch" in result.stderr
+    assert not (tmp_path / "run" / "model").exists()
+
+
+# ------------------------------------------------------------------ 2. checkpoints never run code
+
+class Payload:
+    """Unpickling this creates the marker file: what a planted checkpoint file would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def _plant(file: Path, marker: Path) -> None:
+    """Replace ``file`` with a real torch/pickle file whose loading creates ``marker``; keep a manifest
+    (if the checkpoint has one) consistent, so the file's content is what is judged."""
+    torch.save({"state": Payload(marker)}, file)
+    manifest_file = file.parent / "manifest.json"
+    if manifest_file.is_file():
+        manifest = json.loads(manifest_file.read_text())
+        manifest["files"][file.name] = file.stat().st_size
+        manifest_file.write_text(json.dumps(manifest))
+
+
+def _planted_targets(checkpoint: Path) -> list[str]:
+    """Every file of a checkpoint that is not model weights (safetensors) or JSON."""
+    return sorted(f.name for f in checkpoint.iterdir() if f.suffix not in (".safetensors", ".json"))
+
+
+@pytest.mark.slow
+def test_a_planted_pickle_in_a_checkpoint_is_refused_not_run(trained_run, synth, tmp_path):
+    targets = _planted_targets(trained_run / "checkpoints" / "step_00000002")
+    assert targets
+    for name in targets:
+        run = _copy_run(trained_run, tmp_path / name / "run")
+        checkpoint = run / "checkpoints" / "step_00000002"
+        marker = tmp_path / name / "payload-ran"
+        _plant(checkpoint / name, marker)
+        result = _train(["--train-data", str(synth), "--output-dir", str(run), "--max-steps", "3",
+                         "--resume", str(checkpoint), *SMALL], timeout=240)
+        assert not marker.exists(), f"loading {name} ran the planted code"
+        assert result.returncode == 2 and "--resume" in result.stderr and name in result.stderr, result.stderr[-3000:]
+        assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_resume_auto_ignores_a_planted_checkpoint_without_a_manifest(trained_run, synth, tmp_path):
+    run = _copy_run(trained_run, tmp_path / "run")
+    planted = run / "checkpoints" / "step_00000099"
+    shutil.copytree(run / "checkpoints" / "step_00000002", planted)
+    (planted / "manifest.json").unlink(missing_ok=True)
+    marker = tmp_path / "payload-ran"
+    for name in _planted_targets(planted):
+        _plant(planted / name, marker)
+    result = _train(["--train-data", str(synth), "--output-dir", str(run), "--max-steps", "3",
+                     "--resume", "auto", *SMALL], timeout=240)
+    assert not marker.exists()
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ignoring" in result.stderr and "step_00000099" in result.stderr
+    assert "resumed from" in result.stderr and "step_00000002 at step 2" in result.stderr
+    assert json.loads((run / "model" / "train_meta.json").read_text())["steps"] == 3
+
+
+# ------------------------------------------------------------- 3. a leftover .tmp blocks nothing
+
+@pytest.mark.slow
+def test_a_leftover_partial_checkpoint_is_ignored_and_removed(trained_run, synth, tmp_path):
+    run = _copy_run(trained_run, tmp_path / "run")
+    leftover = run / "checkpoints" / "step_00000010.tmp"
+    leftover.mkdir()
+    (leftover / "model.safetensors").write_bytes(b"half a file")
+    result = _train(["--train-data", str(synth), "--output-dir", str(run), "--max-steps", "3",
+                     "--checkpoint-every", "1", "--resume", "auto", *SMALL], timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "step_00000002 at step 2" in result.stderr
+    assert not leftover.exists()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000002", "step_00000003"]
+
+
+# ------------------------------------------------------------------ 5. one run per output folder
+
+@pytest.mark.slow
+def test_a_second_run_on_a_busy_output_folder_is_refused(synth, tmp_path):
+    run = tmp_path / "run"
+    first_log = tmp_path / "first.txt"
+    first = _popen(["--train-data", str(synth), "--output-dir", str(run), "--max-steps", "100000",
+                    "--checkpoint-every", "0", *SMALL], first_log)
+    try:
+        _wait_for(first_log, "parameters:", first)  # logged after the folder is claimed
+        second = _train(["--train-data", str(synth), "--output-dir", str(run), "--max-steps", "2", "--seed", "7",
+                         *SMALL], timeout=120)
+        assert second.returncode == 2, second.stderr[-3000:]
+        assert "--output-dir" in second.stderr and "in use by another training run" in second.stderr
+        assert f"pid {first.pid} " in second.stderr and "Traceback" not in second.stderr
+        assert "parameters:" not in second.stderr
+    finally:
+        first.kill()  # a crash: its lock must be free at once
+        first.wait()
+    third = _train(["--train-data", str(synth), "--output-dir", str(run), "--max-steps", "2", "--seed", "7",
+                    *SMALL], timeout=240)
+    assert third.returncode == 0, third.stderr[-3000:]
+    steps = [json.loads(line)["step"] for line in (run / "steps.jsonl").read_text().splitlines()]
+    assert steps == [0, 1]
+    assert json.loads((run / "train_config.json").read_text())["seed"] == 7
+    assert json.loads((run / "model" / "train_meta.json").read_text())["seed"] == 7
+
+
+# ------------------------------------------------------------------------- 7. full or read-only disk
+
+def test_a_read_only_output_folder_is_refused_before_the_model_is_built(synth, small_fs, monkeypatch, capsys):
+    readonly = small_fs.mount(readonly=True)
+    err = _refused_in_process(["--train-data", str(synth), "--output-dir", str(readonly / "run")], monkeypatch, capsys)
+    assert "--output-dir" in err and "cannot write" in err
+
+
+@pytest.mark.slow
+def test_a_full_disk_at_a_checkpoint_keeps_the_previous_one(trained_run, synth, small_fs, tmp_path):
+    checkpoint_bytes = _tree_bytes(trained_run / "checkpoints" / "step_00000002")
+    disk = small_fs.mount(size=str(checkpoint_bytes * 3 // 2))  # room for one checkpoint, not two
+    run = disk / "run"
+    result = _train(["--train-data", str(synth), "--output-dir", str(run), "--max-steps", "3",
+                     "--checkpoint-every", "1", *SMALL], timeout=240)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    errors = _error_lines(result.stderr)
+    assert len(errors) == 1
+    assert "checkpoint of step 2 could not be written" in errors[0] and "step_00000001, is kept" in errors[0]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000001"]
+    assert (run / "checkpoints" / "step_00000001" / "manifest.json").is_file()
+
+
+@pytest.mark.slow
+def test_a_full_disk_at_the_final_save_keeps_the_trained_steps(trained_run, synth, small_fs, tmp_path):
+    checkpoint_bytes = _tree_bytes(trained_run / "checkpoints" / "step_00000002")
+    model_bytes = _tree_bytes(trained_run / "model")
+    disk = small_fs.mount(size=str(checkpoint_bytes + model_bytes // 2))  # a checkpoint fits, then not the model
+    run = disk / "run"
+    common = ["--train-data", str(synth), "--output-dir", str(run), "--max-steps", "2", *SMALL]
+    result = _train(common + ["--checkpoint-every", "0"], timeout=240)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    [error] = _error_lines(result.stderr)
+    assert "final model could not be written" in error and "all 2 steps are kept" in error and "step_00000002" in error
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "steps.jsonl", "train.lock", "train_config.json"]
+
+    subprocess.run(["mount", "-o", f"remount,size={3 * (checkpoint_bytes + model_bytes)}", str(disk)], check=True)
+    resumed = _train(common + ["--resume", "auto"], timeout=240)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((run / "model" / "train_meta.json").read_text())["steps"] == 2
+
+
+def test_a_truncated_last_step_record_does_not_block_resume(tmp_path):
+    log = tmp_path / "steps.jsonl"
+    log.write_text("".join(json.dumps({"step": s, "mode": "cross", "loss": 1.0}) + "\n" for s in range(3))
+                   + '{"step": 3, "mode": "cr')  # the run was killed mid-line
+    with open_step_log(log, resumed_step=2) as handle:
+        handle.write(json.dumps({"step": 2, "mode": "mono", "loss": 0.5}) + "\n")
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [0, 1, 2]
+
+
+# ---------------------------------------------------------- 10. every option checked before a model
+
+@pytest.mark.parametrize("args, option", [
+    (["--model-overrides", "{a: ["], "--model-overrides"),
+    (["--model-overrides", "[1, 2]"], "--model-overrides"),
+    (["--model-overrides", "{no_such_field: 1}"], "--model-overrides"),
+    (["--train-data-weights", "x", "--resampled"], "--train-data-weights"),
+    (["--output-dir", "FILE/sub"], "--output-dir"),
+    (["--image-unlocked-groups", "-3"], "--image-unlocked-groups"),
+    (["--grad-clip", "nan"], "--grad-clip"),
+    (["--temperature", "nan"], "--temperature"),
+    (["--lr", "nan"], "--lr"),
+    (["--weight-decay", "inf"], "--weight-decay"),
+    (["--resume", "/missing"], "--resume"),
+    (["--resume", "FOLDER"], "--resume"),
+    (["--samples-per-epoch", "100"], "--samples-per-epoch"),
+    (["--samples-per-epoch", "0", "--resampled"], "--samples-per-epoch"),
+    (["--shuffle-buffer", "-1"], "--shuffle-buffer"),
+    (["--beta1", "1.5"], "--beta1"),
+    (["--eps", "-1"], "--eps"),
+    (["--seed", "-1"], "--seed"),
+    (["--max-buffered-samples", "4"], "--max-buffered-samples"),
+    (["--languages", "ja"], "--languages"),
+])
+def test_bad_options_are_refused_before_the_model_is_built(synth, tmp_path, monkeypatch, capsys, args, option):
+    a_file, a_folder = tmp_path / "a-file", tmp_path / "not-a-checkpoint"
+    a_file.write_text("")
+    a_folder.mkdir()
+    args = [a.replace("FILE", str(a_file)).replace("FOLDER", str(a_folder)) for a in args]
+    err = _refused_in_process(["--train-data", str(synth), "--output-dir", str(tmp_path / "run"), *SMALL, *args],
+                              monkeypatch, capsys)
+    assert f"error: {option}:" in err or f"argument {option}:" in err, err
+
+
+# ------------------------------------------------- 9. a shard folder left by an interrupted write
+
+@pytest.mark.parametrize("damage", ["no-sizes-json", "a-tar-not-listed"])
+def test_a_shard_folder_that_does_not_match_its_sizes_json_is_refused(synth, tmp_path, monkeypatch, capsys, damage):
+    data = shutil.copytree(synth, tmp_path / "data")
+    if damage == "no-sizes-json":
+        (data / "sizes.json").unlink()
+    else:  # an interrupted re-run: a new shard beside the old ones, under the old counts
+        shutil.copy(data / "synth-000000.tar", data / "synth-000004.tar")
+    with pytest.raises(ValueError, match="interrupted write"):
+        build_loader(str(data), T.ToTensor(), num_workers=0)
+    err = _refused_in_process(["--train-data", str(data), "--output-dir", str(tmp_path / "run")], monkeypatch, capsys)
+    assert "--train-data" in err and "interrupted write" in err and "re-run the recipe" in err
+    # the same shards named by a brace pattern are still readable in resampled mode (no folder is judged)
+    loader = build_loader(f"{data}/synth-{{000000..000003}}.tar", T.ToTensor(), num_workers=0, resampled=True,
+                          samples_per_epoch=4, chunk_size=4)
+    assert sum(len(chunk["keys"]) for chunk in loader) == 4
