@@ -9,7 +9,9 @@ high-resource, it pl tr low-resource, ru ko ja unseen), the bundled multilingual
 trained from scratch), ``eval.xtd`` on the synthetic XTD-style test split (11 languages, every
 setting) and on the real XTD10 captions (``--text-only``, beside the untrained encoder), and
 ``eval.report``. Every stage leaves its output in place and is skipped when re-run; an
-interrupted training resumes from its last checkpoint.
+interrupted training resumes from its last checkpoint. The synthetic data is kept beside ``--out``
+(``OUT/../data/synth``) and shared by every run there, so a run asking for another
+``--train-samples`` than the data there was made with is refused, before any work.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import sys
 from pathlib import Path
 
 from data_recipes.synth_scenes import generate
+from data_recipes.worlds import SettingsMismatch
 from eval.report import default_groups
 from mclip_hbt.bundled import BUNDLED_E5, bundled_model_path
 from mclip_hbt.paths import REPO_ROOT, shared_data_dir
@@ -49,7 +52,7 @@ def stage_train(run_dir: Path, data_dir: Path, alpha: float, seed: int, steps: i
     cmd = [sys.executable, str(REPO_ROOT / "train.py"), "--config", str(CONFIG), "--train-data",
            str(data_dir / "train"), "--alpha", str(alpha), "--seed", str(seed), "--output-dir", str(run_dir),
            "--resume", "auto"]
-    if steps:
+    if steps is not None:
         cmd += ["--max-steps", str(steps)]
     run(cmd)
     return model_dir
@@ -103,15 +106,15 @@ def print_table(synth: dict, xtd_trained: dict | None, xtd_untrained: dict | Non
     if xtd_trained:
         for name, res in (("trained", xtd_trained), ("untrained", xtd_untrained)):
             t = res["summary"]["multilingual_text"]
-            lines.append(f"real XTD10 caption pool ({name}): mAP {t['map']:.3f}, rank distance {t['rank_distance']:.0f}")
+            lines.append(f"real XTD10 caption pool ({name}): mAP {t['map']:.3f}, "
+                         f"rank distance {t['rank_distance']:.0f}")
     table = "\n".join(lines)
     print("\n" + table + "\n", flush=True)
     return table
 
 
-def demo(args: argparse.Namespace) -> None:
+def demo(args: argparse.Namespace, data_dir: Path) -> None:
     out = args.out
-    data_dir = stage_inputs(out, args.train_samples)
     model_dir = stage_train(out, data_dir, args.alpha, args.seed, args.steps)
     results = evaluate_run(out, model_dir, data_dir, real_xtd=(shared_data_dir() / "xtd10").is_dir())
     untrained = None
@@ -127,9 +130,8 @@ def _load(path: Path | None) -> dict | None:
     return json.loads(path.read_text()) if path else None
 
 
-def sweep(args: argparse.Namespace) -> None:
+def sweep(args: argparse.Namespace, data_dir: Path) -> None:
     out = args.out
-    data_dir = stage_inputs(out, args.train_samples)
     for alpha in args.alphas:
         for seed in args.seeds:
             run_dir = out / f"alpha{alpha:g}_seed{seed}"
@@ -155,9 +157,22 @@ def _alphas(text: str) -> list[float]:
 
 def _ints(text: str) -> list[int]:
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        values = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError("give comma-separated integers, e.g. 0,1,2") from None
+        values = []
+    if not values:
+        raise argparse.ArgumentTypeError("give comma-separated integers, e.g. 0,1,2")
+    return values
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"give a whole number >= 1, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,8 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  ("sweep", "train and evaluate every alpha × seed, then eval.report", "runs/sweep")):
         p = sub.add_parser(name, help=help_text, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         p.add_argument("--out", type=Path, default=Path(out), help="output folder (the data goes beside it, in data/)")
-        p.add_argument("--train-samples", type=int, default=20000, help="synthetic training images")
-        p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default: the config's)")
+        p.add_argument("--train-samples", type=_positive_int, default=20000, help="synthetic training images")
+        p.add_argument("--steps", type=_positive_int, default=None,
+                       help="optimizer steps per run (default: the config's)")
         if name == "run":
             p.add_argument("--alpha", type=_alpha, default=0.5, help="probability of a monolingual step")
             p.add_argument("--seed", type=int, default=0, help="training seed")
@@ -183,9 +199,16 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in ("run", "sweep", "-h", "--help"):
         argv = ["run", *argv]
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    (demo if args.command == "run" else sweep)(args)
+    try:
+        data_dir = stage_inputs(args.out, args.train_samples)
+    except SettingsMismatch as err:  # raised before anything is written
+        parser.error(f"--train-samples: {err.out} holds the demo's synthetic data, made with other settings "
+                     f"({err.listed}); pass the --train-samples it was made with to use it, or delete that folder "
+                     "(and the runs trained on it) to make new data")
+    (demo if args.command == "run" else sweep)(args, data_dir)
 
 
 if __name__ == "__main__":

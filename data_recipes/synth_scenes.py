@@ -14,20 +14,37 @@ import io
 import json
 import math
 import random
-import shutil
-import sys
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-from tqdm import tqdm
 
-from data_recipes.scene_grammar import (COLOURS, MAX_COUNT, NUM_CELLS, SHAPES, SIZES, Description, Group, Placed,
-                                        num_templates, render_caption)
-from data_recipes.shards import CaptionShardWriter, write_json_atomic
-from mclip_hbt.languages import XTD_LANGS, canonical_lang
+from data_recipes.scene_grammar import (
+    COLOURS,
+    MAX_COUNT,
+    NUM_CELLS,
+    SHAPES,
+    SIZES,
+    Description,
+    Group,
+    Placed,
+    num_templates,
+    render_caption,
+)
+from data_recipes.shards import CaptionShardWriter
+from data_recipes.worlds import (
+    add_world_arguments,
+    at_least,
+    distinct_fraction,
+    finished_summary,
+    mark_finished,
+    parse_profile,
+    produce,
+    write_xtd_split,
+)
+from mclip_hbt.fileio import OutputError, check_output_dir
+from mclip_hbt.languages import XTD_LANGS
 
 #: Resource profiles: the fraction of training images that carry captions in each language
 #: (a language left out never appears in training). Add your own here or pass one as JSON.
@@ -142,7 +159,8 @@ class Painter:
     def __init__(self, image_size: int, seed: int):
         self.size = image_size
         noise_rng = np.random.default_rng(seed)
-        self.noise = noise_rng.normal(0.0, 7.0, (self.NUM_NOISE_TILES, image_size, image_size, 3)).round().astype(np.int16)
+        self.noise = (noise_rng.normal(0.0, 7.0, (self.NUM_NOISE_TILES, image_size, image_size, 3))
+                      .round().astype(np.int16))
         ramp = np.linspace(-1.0, 1.0, image_size, dtype=np.float32)
         self.ramps = (np.zeros((image_size, image_size), np.float32), np.repeat(ramp[:, None], image_size, 1),
                       np.repeat(ramp[None, :], image_size, 0), (ramp[:, None] + ramp[None, :]) / 2)
@@ -211,60 +229,13 @@ class SampleMaker:
         return f"synth_{split}_{index:06d}", self.painter.paint(scene, rng), captions, scene.key()
 
 
-_WORKER_MAKER: SampleMaker | None = None
-
-
-def _init_worker(kwargs: dict) -> None:
-    global _WORKER_MAKER
-    _WORKER_MAKER = SampleMaker(**kwargs)
-
-
-def _make_in_worker(task: tuple[str, int]):
-    return _WORKER_MAKER(*task)
-
-
-def _samples(maker_kwargs: dict, split: str, count: int, workers: int, desc: str, progress: bool):
-    """Yield the split's samples in index order, from this process or a pool."""
-    tasks = ((split, i) for i in range(count))
-    bar = dict(total=count, desc=desc, unit="img", disable=not progress, file=sys.stderr)
-    if workers == 1:
-        maker = SampleMaker(**maker_kwargs)
-        yield from tqdm((maker(*t) for t in tasks), **bar)
-        return
-    import multiprocessing
-    with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (maker_kwargs,)) as pool:
-        yield from tqdm(pool.imap(_make_in_worker, tasks, chunksize=64), **bar)
-
-
 def resolve_profile(spec: str | dict[str, float]) -> tuple[str, dict[str, float]]:
     """A profile name, an inline JSON object or a dict → (name, {lang: fraction} for all 11 languages).
 
     Raises ``ValueError`` with a plain message on unknown names, languages or fractions.
     """
-    name = "custom"
-    if isinstance(spec, str):
-        if spec.lstrip().startswith("{"):
-            try:
-                spec = json.loads(spec)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"profile is not valid JSON: {err}") from None
-        elif spec in PROFILES:
-            name, spec = spec, PROFILES[spec]
-        else:
-            raise ValueError(f"unknown profile {spec!r}; choose from {', '.join(PROFILES)} or give a JSON object")
-    if not isinstance(spec, dict):
-        raise ValueError("a profile is a JSON object {language: fraction of training images}")
-    fractions = dict.fromkeys(XTD_LANGS, 0.0)
-    for lang, frac in spec.items():
-        code = canonical_lang(lang)
-        if code not in fractions:
-            raise ValueError(f"language {lang!r} has no caption grammar; use {', '.join(XTD_LANGS)}")
-        if not isinstance(frac, (int, float)) or not 0.0 <= frac <= 1.0:
-            raise ValueError(f"fraction for {lang!r} must be a number in [0, 1], got {frac!r}")
-        fractions[code] = float(frac)
-    if 1.0 not in fractions.values():
-        raise ValueError("every training image needs a caption: give at least one language the fraction 1")
-    return name, fractions
+    name, given = parse_profile(spec, PROFILES, XTD_LANGS)
+    return name, {**dict.fromkeys(XTD_LANGS, 0.0), **given}
 
 
 def _profile_record(name: str, fractions: dict[str, float]) -> dict:
@@ -275,23 +246,16 @@ def _profile_record(name: str, fractions: dict[str, float]) -> dict:
 
 
 def _write_test_split(test_dir: Path, maker_kwargs: dict, count: int, workers: int, progress: bool) -> tuple[dict, set]:
-    image_dir = test_dir / "images"
-    image_dir.mkdir(parents=True)
-    names: list[str] = []
-    lines: dict[str, list[str]] = {lang: [] for lang in XTD_LANGS}
     keys: list[tuple] = []
-    for key, jpeg, captions, scene_key in _samples(maker_kwargs, "test", count, workers, "test", progress):
-        name = f"{key}.jpg"
-        (image_dir / name).write_bytes(jpeg)
-        names.append(name)
-        keys.append(scene_key)
-        for lang in XTD_LANGS:
-            lines[lang].append(captions[lang][0])
-    for lang, texts in lines.items():
-        (test_dir / f"test_1kcaptions_{lang}.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
-    (test_dir / "test_image_names.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
-    counts = Counter(keys)
-    unique = sum(1 for k in keys if counts[k] == 1) / max(1, len(keys))
+
+    def first_captions():
+        for key, jpeg, captions, scene_key in produce(SampleMaker, maker_kwargs, [("test", i) for i in range(count)],
+                                                      workers, "test", progress):
+            keys.append(scene_key)
+            yield key, jpeg, {lang: captions[lang][0] for lang in XTD_LANGS}
+
+    write_xtd_split(test_dir, first_captions(), XTD_LANGS)
+    unique = distinct_fraction(keys)
     return {"num_images": count, "languages": list(XTD_LANGS), "unique_description_fraction": unique}, set(keys)
 
 
@@ -302,36 +266,29 @@ def generate(out_dir: str | Path, train_samples: int = 20000, test_samples: int 
     """Write the train shards and the XTD-style test split under ``out_dir``; return the summary.
 
     A finished ``out_dir`` made with the same settings is left as it is (the summary then has
-    ``"skipped": True``); one made with other settings is refused unless ``overwrite``.
+    ``"skipped": True``); one made with other settings is refused (:class:`data_recipes.worlds.SettingsMismatch`, before
+    anything is written) unless ``overwrite``.
     """
     profile_name, fractions = resolve_profile(profile)
     out = Path(out_dir)
     config = {"train_samples": train_samples, "test_samples": test_samples, "image_size": image_size,
               "profile": _profile_record(profile_name, fractions), "seed": seed, "shard_size": shard_size,
               "captions_per_language": captions_per_language, "jpeg_quality": JPEG_QUALITY}
-    marker = out / DONE_MARKER
-    if marker.exists() and not overwrite:
-        done = json.loads(marker.read_text(encoding="utf-8"))
-        if done["config"] == config:
-            return {**done["summary"], "skipped": True}
-        raise FileExistsError(f"{out} already holds a synthetic dataset made with other settings; "
-                              "use --overwrite to replace it")
-    marker.unlink(missing_ok=True)
-    for part in ("train", "test"):  # an unfinished or replaced run starts again from nothing
-        shutil.rmtree(out / part, ignore_errors=True)
+    done = finished_summary(out, DONE_MARKER, config, overwrite, ("train", "test"), "a synthetic dataset")
+    if done is not None:
+        return done
 
     maker_kwargs = {"image_size": image_size, "seed": seed, "profile": fractions,
                     "captions_per_language": captions_per_language}
     test_summary, test_keys = _write_test_split(out / "test", maker_kwargs, test_samples, workers, progress)
     maker_kwargs["exclude"] = frozenset(test_keys)
     writer = CaptionShardWriter(out / "train", prefix="synth", max_count=shard_size)
-    for key, jpeg, captions, _ in _samples(maker_kwargs, "train", train_samples, workers, "train", progress):
+    for key, jpeg, captions, _ in produce(SampleMaker, maker_kwargs, [("train", i) for i in range(train_samples)],
+                                          workers, "train", progress):
         writer.write(key, jpeg, "jpg", captions, source="synth_scenes")
     generator = {k: config[k] for k in ("seed", "image_size", "captions_per_language", "jpeg_quality")}
     train_stats = writer.close(extra={"profile": config["profile"], "generator": {"name": "synth_scenes", **generator}})
-    summary = {"out_dir": str(out), "train": train_stats, "test": test_summary}
-    write_json_atomic(marker, {"config": config, "summary": summary})
-    return {**summary, "skipped": False}
+    return mark_finished(out, DONE_MARKER, config, {"out_dir": str(out), "train": train_stats, "test": test_summary})
 
 
 def _print_summary(summary: dict) -> None:
@@ -351,32 +308,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m data_recipes.synth_scenes", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output folder (gets train/ and test/)")
-    p.add_argument("--train-samples", type=int, default=20000, help="training images (default: %(default)s)")
-    p.add_argument("--test-samples", type=int, default=1000, help="test images, XTD10-style (default: %(default)s)")
-    p.add_argument("--image-size", type=int, default=128, help="image side in pixels (default: %(default)s)")
+    p.add_argument("--train-samples", type=at_least(1), default=20000, help="training images (default: %(default)s)")
+    p.add_argument("--test-samples", type=at_least(1), default=1000,
+                   help="test images, XTD10-style (default: %(default)s)")
+    p.add_argument("--image-size", type=at_least(16), default=128, help="image side in pixels (default: %(default)s)")
     p.add_argument("--profile", default="default",
                    help=f"resource profile: one of {', '.join(PROFILES)}, or an inline JSON object "
                         "{lang: fraction of training images} (default: %(default)s: en de fr es zh on every "
                         "image, it pl tr on 5%%, ru ko ja never)")
     p.add_argument("--profile-file", help="JSON file holding a profile object; overrides --profile")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    p.add_argument("--shard-size", type=int, default=1000, help="training images per tar shard (default: %(default)s)")
-    p.add_argument("--captions-per-language", type=int, default=2,
+    p.add_argument("--captions-per-language", type=at_least(1), default=2,
                    help="captions per language per training image, in different templates (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=1, help="drawing processes (default: %(default)s)")
-    p.add_argument("--overwrite", action="store_true", help="replace a finished dataset in --out")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_world_arguments(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for flag, value, low in (("--train-samples", args.train_samples, 1), ("--test-samples", args.test_samples, 1),
-                             ("--image-size", args.image_size, 16), ("--shard-size", args.shard_size, 1),
-                             ("--captions-per-language", args.captions_per_language, 1), ("--workers", args.workers, 1)):
-        if value < low:
-            parser.error(f"{flag} must be at least {low}, got {value}")
     profile = args.profile
     if args.profile_file:
         try:
@@ -387,6 +336,10 @@ def main(argv: list[str] | None = None) -> dict:
         resolve_profile(profile)
     except ValueError as err:
         parser.error(f"--profile{'-file' if args.profile_file else ''}: {err}")
+    try:
+        check_output_dir(args.out, "--out")
+    except OutputError as err:
+        parser.error(str(err))
     try:
         summary = generate(args.out, train_samples=args.train_samples, test_samples=args.test_samples,
                            image_size=args.image_size, profile=profile, seed=args.seed, shard_size=args.shard_size,

@@ -10,8 +10,15 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from data_recipes.scene_grammar import (Description, Group, Placed, ko_has_batchim, render_caption, tr_genitive,
-                                        tr_locative)
+from data_recipes.scene_grammar import (
+    Description,
+    Group,
+    Placed,
+    ko_has_batchim,
+    render_caption,
+    tr_genitive,
+    tr_locative,
+)
 from data_recipes.shards import iter_shard
 from data_recipes.synth_scenes import PROFILES, generate, resolve_profile
 from mclip_hbt.languages import XTD_LANGS
@@ -179,7 +186,8 @@ FIVE_RED_CIRCLES = Group("circle", "red", "small", 5)
 # (language, description, template, expected caption)
 CAPTIONS = [
     ("en", _one("circle"), 0, "A small red circle in the centre on a white background."),
-    ("en", _one("cross", count=3, cell=0), 2, "There are three small red crosses in the top left; the background is white."),
+    ("en", _one("cross", count=3, cell=0), 2,
+     "There are three small red crosses in the top left; the background is white."),
     ("en", _related(RED_CIRCLE, "left_of", TWO_BLUE_SQUARES), 1,
      "A white background with a small red circle to the left of two large blue squares."),
     # German: ein + mixed declension by gender, accusative after zeigen, dative after mit / von / über
@@ -189,30 +197,35 @@ CAPTIONS = [
     ("de", _one("star", "blue", "large", cell=0, background="black"), 1,
      "Das Bild zeigt einen großen blauen Stern oben links auf schwarzem Hintergrund."),
     ("de", _one("heart"), 2, "Weißer Hintergrund mit einem kleinen roten Herzen in der Mitte."),
-    ("de", _one("ellipse", "purple", count=2), 2, "Weißer Hintergrund mit zwei kleinen violetten Ellipsen in der Mitte."),
+    ("de", _one("ellipse", "purple", count=2), 2,
+     "Weißer Hintergrund mit zwei kleinen violetten Ellipsen in der Mitte."),
     ("de", _related(RED_CIRCLE, "left_of", TWO_BLUE_SQUARES), 0,
      "Ein kleiner roter Kreis links von zwei großen blauen Quadraten auf weißem Hintergrund."),
     ("de", _related(RED_CIRCLE, "above", BLUE_STAR), 3,
      "Über einem großen blauen Stern ist ein kleiner roter Kreis; der Hintergrund ist weiß."),
-    ("de", _one("star", "yellow", count=3, cell=7), 3, "Unten sind drei kleine gelbe Sterne; der Hintergrund ist weiß."),
+    ("de", _one("star", "yellow", count=3, cell=7), 3,
+     "Unten sind drei kleine gelbe Sterne; der Hintergrund ist weiß."),
     # French: gender/number agreement, size before and colour after the noun, d' elision
     ("fr", _one("circle"), 0, "Un petit cercle rouge au centre, sur fond blanc."),
     ("fr", _one("star"), 0, "Une petite étoile rouge au centre, sur fond blanc."),
     ("fr", _one("circle", count=2), 0, "Deux petits cercles rouges au centre, sur fond blanc."),
     ("fr", _one("cross", "white", "large", count=3, background="blue"), 2,
      "Il y a trois grandes croix blanches au centre ; le fond est bleu."),
-    ("fr", _related(RED_CIRCLE, "above", BLUE_STAR), 1, "Un fond blanc avec un petit cercle rouge au-dessus d'une grande étoile bleue."),
+    ("fr", _related(RED_CIRCLE, "above", BLUE_STAR), 1,
+     "Un fond blanc avec un petit cercle rouge au-dessus d'une grande étoile bleue."),
     # Spanish
     ("es", _one("circle"), 0, "Un círculo rojo pequeño en el centro, sobre fondo blanco."),
     ("es", _one("star"), 0, "Una estrella roja pequeña en el centro, sobre fondo blanco."),
-    ("es", _one("cross", "blue", "large", count=5), 2, "Hay cinco cruces azules grandes en el centro; el fondo es blanco."),
+    ("es", _one("cross", "blue", "large", count=5), 2,
+     "Hay cinco cruces azules grandes en el centro; el fondo es blanco."),
     ("es", _related(BLUE_STAR, "below", RED_CIRCLE), 1,
      "Un fondo blanco con una estrella azul grande debajo de un círculo rojo pequeño."),
     # Italian: uno before s+consonant, c'è / ci sono
     ("it", _one("circle"), 0, "Un piccolo cerchio rosso al centro, su sfondo bianco."),
     ("it", _one("star"), 1, "Uno sfondo bianco con una piccola stella rossa al centro."),
     ("it", _one("circle", count=2), 2, "Al centro ci sono due piccoli cerchi rossi; lo sfondo è bianco."),
-    ("it", _one("cross", "white", "large", background="green"), 2, "Al centro c'è una grande croce bianca; lo sfondo è verde."),
+    ("it", _one("cross", "white", "large", background="green"), 2,
+     "Al centro c'è una grande croce bianca; lo sfondo è verde."),
     # Russian: 2-4 + genitive singular (adjective genitive plural, nominative plural with feminine
     # nouns), 5 + genitive plural, слева от + genitive, над + instrumental, с + instrumental
     ("ru", _one("circle"), 0, "Маленький красный круг в центре на белом фоне."),
@@ -223,7 +236,8 @@ CAPTIONS = [
     ("ru", _one("heart", count=5), 1, "Белый фон с пятью маленькими красными сердцами в центре."),
     ("ru", _related(RED_CIRCLE, "left_of", TWO_BLUE_SQUARES), 2,
      "Слева от двух больших синих квадратов — маленький красный круг; фон белый."),
-    ("ru", _related(RED_CIRCLE, "above", BLUE_STAR), 0, "Маленький красный круг над большой синей звездой на белом фоне."),
+    ("ru", _related(RED_CIRCLE, "above", BLUE_STAR), 0,
+     "Маленький красный круг над большой синей звездой на белом фоне."),
     # Polish: dwa/dwie + nominative plural, pięć + genitive plural (and a singular verb),
     # na lewo od + genitive, nad + instrumental, z + instrumental
     ("pl", _one("circle"), 0, "Małe czerwone koło pośrodku, na białym tle."),
@@ -247,7 +261,8 @@ CAPTIONS = [
     ("zh", _one("star", "yellow", "large", cell=2), 1, "右上方有一颗黄色的大星星，背景是白色的。"),
     # Japanese: が + native counter つ or 個, の before a counted anchor
     ("ja", _one("circle", count=2), 0, "中央に小さな赤い丸が二つあります。背景は白です。"),
-    ("ja", _related(RED_CIRCLE, "left_of", TWO_BLUE_SQUARES), 1, "背景は白で、二つの大きな青い四角の左に小さな赤い丸が1個ある。"),
+    ("ja", _related(RED_CIRCLE, "left_of", TWO_BLUE_SQUARES), 1,
+     "背景は白で、二つの大きな青い四角の左に小さな赤い丸が1個ある。"),
     # Korean: 이/가 and 을/를 by batchim, native numerals with 개
     ("ko", _one("circle", count=2), 0, "가운데에 작은 빨간 원 두 개가 있습니다. 배경은 흰색입니다."),
     ("ko", _one("circle"), 0, "가운데에 작은 빨간 원이 있습니다. 배경은 흰색입니다."),
