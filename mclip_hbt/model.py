@@ -1,7 +1,8 @@
 """MultilingualCLIP: an open_clip image tower paired with a multilingual Hugging Face text tower.
 
 The image tower is any open_clip architecture (by name, with a pretrained tag or local
-checkpoint, or an explicit vision config); the text tower is any ``AutoModel`` (hub name, local
+checkpoint, or an explicit vision config) or the bundled ImageNet EfficientNet-Lite0
+(``bundled:efficientnet-lite0``, see ``bundled_vision``); the text tower is any ``AutoModel`` (hub name, local
 directory or ``bundled:NAME``), pooled and projected into the shared space; a learnable logit
 scale (and an optional logit bias for the sigmoid loss) completes the model.
 
@@ -15,24 +16,33 @@ import dataclasses
 import json
 import math
 import os
-import shutil
-import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import open_clip
 import torch
 import torch.nn.functional as F
-from open_clip.model import CLIPVisionCfg, _build_vision_tower
 from open_clip.factory import load_state_dict
+from open_clip.model import CLIPVisionCfg, _build_vision_tower
 from open_clip.pretrained import download_pretrained, get_pretrained_cfg
 from open_clip.transform import PreprocessCfg, image_transform
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import AutoTokenizer, BatchEncoding
 
 from .bundled import BUNDLED_E5, E5_QUERY_PREFIX
+from .bundled_vision import (
+    BUNDLED_EFFICIENTNET_LITE0,
+    IMAGENET_TAG,
+    bundled_vision_arch,
+    bundled_vision_name,
+    bundled_vision_preprocess,
+    trunk_state_dict,
+)
+from .fileio import atomic_directory, parse_json
 from .hub import ModelUnavailableError, load_or_explain
 from .text_tower import TextTower
 
@@ -43,6 +53,7 @@ PREPROCESS_NAME = "preprocessor_config.json"
 TRAIN_META_NAME = "train_meta.json"
 TOKENIZER_DIR = "tokenizer"  # its own folder, so transformers never mistakes our config.json for the tokenizer's
 PROJECTIONS = ("linear", "mlp", "none")
+T = TypeVar("T")
 
 
 @dataclass
@@ -59,9 +70,10 @@ class MultilingualCLIPConfig:
     #: Prepended to every caption (E5 encoders expect "query: ").
     text_prefix: str = ""
     max_length: int = 77
-    #: An open_clip architecture name; its vision config is the starting point.
+    #: An open_clip architecture name or ``bundled:efficientnet-lite0``; its vision config is the starting point.
     vision_model: str = "ViT-B-32"
-    #: An open_clip pretrained tag for ``vision_model`` or a local checkpoint path; None = random.
+    #: A pretrained tag of ``vision_model`` ("imagenet" for the bundled tower) or a local checkpoint path;
+    #: None = random.
     vision_pretrained: str | None = None
     #: Fields overriding the architecture's vision config (e.g. a tiny ViT).
     vision_cfg: dict = field(default_factory=dict)
@@ -95,6 +107,11 @@ PRESETS: dict[str, dict] = {
     # The offline encoder (works with no hub) + ViT-B/32, image weights from a tag/checkpoint when given.
     "e5-small-vit-b32": dict(text_model=BUNDLED_E5, text_prefix=E5_QUERY_PREFIX,
                              vision_model="ViT-B-32"),
+    # The offline encoder + ImageNet-pretrained EfficientNet-Lite0 (the offline extra) at 64 px: the
+    # pretrained counterpart of the small ViT that configs/e5-small-synth.yaml trains from scratch.
+    "e5-small-effnet-lite0": dict(text_model=BUNDLED_E5, text_prefix=E5_QUERY_PREFIX,
+                                  vision_model=BUNDLED_EFFICIENTNET_LITE0, vision_pretrained=IMAGENET_TAG,
+                                  vision_cfg=dict(image_size=64), embed_dim=256),
     "xlmr-base-vit-b32": dict(text_model="xlm-roberta-base", vision_model="ViT-B-32",
                               vision_pretrained="laion2b_s34b_b79k"),
     "xlmr-large-vit-h14": dict(text_model="xlm-roberta-large", vision_model="ViT-H-14",
@@ -104,9 +121,11 @@ PRESETS: dict[str, dict] = {
 
 def resolve_vision_cfg(config: MultilingualCLIPConfig) -> tuple[int, dict]:
     """The open_clip vision config dict and embedding width this config asks for."""
-    arch = open_clip.get_model_config(config.vision_model)
+    bundled = bundled_vision_name(config.vision_model)
+    arch = bundled_vision_arch(bundled) if bundled is not None else open_clip.get_model_config(config.vision_model)
     if arch is None:
-        raise ValueError(f"unknown open_clip architecture {config.vision_model!r}; see open_clip.list_models()")
+        raise ValueError(f"unknown open_clip architecture {config.vision_model!r}; see open_clip.list_models() "
+                         f"(or {BUNDLED_EFFICIENTNET_LITE0!r}, the bundled pretrained tower)")
     vision = {**arch["vision_cfg"], **config.vision_cfg}
     unknown = sorted(set(vision) - {f.name for f in dataclasses.fields(CLIPVisionCfg)})
     if unknown:
@@ -114,23 +133,31 @@ def resolve_vision_cfg(config: MultilingualCLIPConfig) -> tuple[int, dict]:
     return config.embed_dim or arch["embed_dim"], vision
 
 
-def _vision_state_dict(arch: str, pretrained: str) -> tuple[dict, dict]:
-    """Image-tower weights (``visual.`` keys stripped) and the preprocessing they were trained with."""
+def _load_vision_weights(visual: nn.Module, arch: str, pretrained: str) -> dict:
+    """Load ``pretrained`` (a tag of ``arch`` or a checkpoint file with ``visual.*`` weights) into the
+    image tower ``visual``; returns the preprocessing those weights were trained with."""
+    bundled = bundled_vision_name(arch)
     if os.path.isfile(pretrained):
         path, pcfg = pretrained, {}
+    elif bundled is not None and pretrained == IMAGENET_TAG:
+        visual.trunk.load_state_dict(trunk_state_dict(bundled))  # the projection head to embed_dim starts fresh
+        return bundled_vision_preprocess(bundled)
     else:
         pcfg = get_pretrained_cfg(arch, pretrained)
         if not pcfg:
-            tags = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
-            raise ModelUnavailableError(f"{pretrained!r} is neither a file nor a pretrained tag of {arch} (tags: {tags})")
+            tags = (IMAGENET_TAG if bundled is not None
+                    else ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none")
+            raise ModelUnavailableError(
+                f"{pretrained!r} is neither a file nor a pretrained tag of {arch} (tags: {tags})")
         path = load_or_explain(lambda: download_pretrained(pcfg), "open_clip image weights", f"{arch}/{pretrained}")
         if not path:
             raise ModelUnavailableError(f"open_clip gave no download location for {arch}/{pretrained}")
     state = load_state_dict(path)
-    visual = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
-    if not visual:
+    weights = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
+    if not weights:
         raise ModelUnavailableError(f"checkpoint {path} holds no 'visual.*' weights")
-    return visual, {k: pcfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if pcfg.get(k)}
+    visual.load_state_dict(weights)
+    return {k: pcfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if pcfg.get(k)}
 
 
 class MultilingualCLIP(nn.Module):
@@ -146,8 +173,7 @@ class MultilingualCLIP(nn.Module):
         self.visual = _build_vision_tower(embed_dim, vision_cfg)
         preprocess = {}
         if load_vision_weights and config.vision_pretrained:
-            weights, preprocess = _vision_state_dict(config.vision_model, config.vision_pretrained)
-            self.visual.load_state_dict(weights)
+            preprocess = _load_vision_weights(self.visual, config.vision_model, config.vision_pretrained)
         self.preprocess_cfg = PreprocessCfg(**{"size": vision_cfg["image_size"], **preprocess, **config.preprocess})
         self.text = text
         self.text_projection = self._make_projection(config.projection, text.width, embed_dim)
@@ -161,7 +187,8 @@ class MultilingualCLIP(nn.Module):
             return nn.Linear(width, embed_dim, bias=False)
         if kind == "mlp":  # open_clip's HF-tower MLP head
             hidden = (width + embed_dim) // 2
-            return nn.Sequential(nn.Linear(width, hidden, bias=False), nn.GELU(), nn.Linear(hidden, embed_dim, bias=False))
+            return nn.Sequential(nn.Linear(width, hidden, bias=False), nn.GELU(),
+                                 nn.Linear(hidden, embed_dim, bias=False))
         if width != embed_dim:
             raise ValueError(f"projection 'none' needs the text width ({width}) to equal embed_dim ({embed_dim})")
         return nn.Identity()
@@ -208,6 +235,18 @@ class MultilingualCLIP(nn.Module):
     def lock_image_tower(self, unlocked_groups: int = 0) -> None:
         """LiT: freeze the image tower except its top ``unlocked_groups`` layer groups (open_clip's groups)."""
         self.visual.lock(unlocked_groups=unlocked_groups)
+        self.train(self.training)  # puts the newly locked batch norms in eval mode
+
+    def train(self, mode: bool = True) -> "MultilingualCLIP":
+        """``nn.Module.train``, except that a locked batch norm stays in eval mode: it keeps normalising
+        with its pretrained statistics, so a locked tower computes the same features in training as in
+        evaluation and its running statistics do not drift."""
+        super().train(mode)
+        for module in self.visual.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
+                    p.requires_grad for p in module.parameters(recurse=False)):
+                module.eval()
+        return self
 
     def lock_text_tower(self, unlocked_layers: int = 0, freeze_embeddings: bool = True) -> None:
         """Freeze the text encoder except its top ``unlocked_layers`` blocks; the projection stays trainable."""
@@ -245,42 +284,52 @@ class MultilingualCLIP(nn.Module):
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write a self-contained model directory, atomically (a temporary sibling renamed into place)."""
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
+        with atomic_directory(directory) as tmp:
             (tmp / CONFIG_NAME).write_text(json.dumps(self.to_config_dict(), indent=2) + "\n")
             (tmp / PREPROCESS_NAME).write_text(json.dumps(dataclasses.asdict(self.preprocess_cfg), indent=2) + "\n")
             self.text.tokenizer.save_pretrained(tmp / TOKENIZER_DIR)
             save_model(self, str(tmp / WEIGHTS_NAME))
-            if directory.exists():
-                old = directory.with_name(directory.name + ".old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(directory, old)
-                os.replace(tmp, directory)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, directory)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> "MultilingualCLIP":
-        """Load a directory written by :meth:`save_pretrained` (no network, no original sources needed)."""
+    def from_pretrained(cls, directory: str | os.PathLike,
+                        map_location: str | torch.device = "cpu") -> "MultilingualCLIP":
+        """Load a directory written by :meth:`save_pretrained` (no network, no original sources needed).
+
+        A damaged file in it (malformed ``config.json``, truncated or corrupt weights, a broken
+        tokenizer) raises :class:`ModelUnavailableError` naming that file.
+        """
         directory = Path(directory)
         config_file = directory / CONFIG_NAME
         if not config_file.is_file():
             raise ModelUnavailableError(f"{directory} is not a saved mclip_hbt model (no {CONFIG_NAME})")
-        saved = json.loads(config_file.read_text())
-        if saved.get("model_type") != "mclip_hbt":
-            raise ModelUnavailableError(f"{config_file} is not an mclip_hbt config (model_type={saved.get('model_type')!r})")
-        config = MultilingualCLIPConfig.from_dict(saved["architecture"])
-        tokenizer = AutoTokenizer.from_pretrained(directory / TOKENIZER_DIR)
-        text = TextTower(TextTower.transformer_from_config(saved["text_config"]), tokenizer, pooling=config.pooling,
-                         prefix=config.text_prefix, max_length=config.max_length)
-        model = cls(config, text, load_vision_weights=False)
-        load_model(model, str(directory / WEIGHTS_NAME), device=str(map_location))
+        saved = _read_saved_file(config_file, lambda: parse_json(config_file.read_bytes()))
+        model_type = saved.get("model_type") if isinstance(saved, dict) else None
+        if model_type != "mclip_hbt":
+            raise ModelUnavailableError(f"{config_file} is not an mclip_hbt config (model_type={model_type!r})")
+        config = _read_saved_file(config_file, lambda: MultilingualCLIPConfig.from_dict(saved["architecture"]))
+        tokenizer = _read_saved_file(directory / TOKENIZER_DIR,
+                                     lambda: AutoTokenizer.from_pretrained(directory / TOKENIZER_DIR))
+        model = _read_saved_file(config_file, lambda: cls(
+            config, TextTower(TextTower.transformer_from_config(saved["text_config"]), tokenizer,
+                              pooling=config.pooling, prefix=config.text_prefix, max_length=config.max_length),
+            load_vision_weights=False))
+        weights = directory / WEIGHTS_NAME
+        _read_saved_file(weights, lambda: load_model(model, str(weights), device=str(map_location)))
         return model
+
+
+def _read_saved_file(path: Path, read: Callable[[], T]) -> T:
+    """Run ``read``, which reads ``path`` of a saved model folder; any failure is a
+    :class:`ModelUnavailableError` saying that file is damaged and how to get a good one."""
+    try:
+        return read()
+    except ModelUnavailableError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError, SafetensorError) as err:
+        reason = next(iter(str(err).strip().splitlines()), "")  # load_model lists missing keys over many lines
+        raise ModelUnavailableError(f"{path} is damaged or incomplete ({type(err).__name__}: {reason}); "
+                                    "re-export the model with save_pretrained or re-train it") from err
 
 
 def _count(params) -> dict[str, int]:
