@@ -8,7 +8,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: venv test demo sweep clean
+.PHONY: venv test lint demo sweep clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ venv: $(VENV)/.installed
 
 test: venv
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# ruff with the settings in pyproject.toml (line length, rule set); CI runs it before the tests.
+lint: venv
+	$(VENV)/bin/ruff check .
 
 # The main job on the embedded default (synthetic shards + the bundled offline encoder), runs/demo/.
 demo: venv
