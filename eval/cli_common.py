@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from mclip_hbt.fileio import OutputError, check_output_file, parse_json
+from mclip_hbt.fileio import OutputError, check_output_dir, check_output_file, parse_json
 from mclip_hbt.hub import ModelUnavailableError
 from mclip_hbt.languages import parse_lang_list
 from mclip_hbt.model import TRAIN_META_NAME
@@ -18,6 +18,7 @@ from .evaluate import SplitResult, evaluate_split
 from .metrics import NonFiniteEmbeddingsError
 from .models import SPEC_FORMS, RetrievalModel, load_retrieval_model
 from .results import now_iso, package_versions
+from .text_cache import TextFeatureCache
 
 
 def default_device() -> str:
@@ -44,6 +45,11 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                         help="image decoding worker processes (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=None, help="write the result JSON here")
     parser.add_argument("--plot", type=Path, default=None, help="write a per-language bar plot (PNG) here")
+    parser.add_argument("--text-cache", type=Path, default=None,
+                        help="folder of cached text-encoder outputs (eval.text_cache): models that share a frozen "
+                             "text encoder (LiT runs, an alpha sweep, the untrained encoder) encode each caption "
+                             "once; keyed by the encoder's weights and tokenizer, so a fine-tuned encoder never "
+                             "reads another's features (default: no cache)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -65,6 +71,8 @@ def check_common_arguments(parser: argparse.ArgumentParser, args: argparse.Names
     if args.plot is not None and args.plot.suffix.lower() != ".png":
         parser.error("--plot must name a .png file")
     try:
+        if args.text_cache is not None:
+            check_output_dir(args.text_cache, "--text-cache")
         for option, path in (("--out", args.out), ("--plot", args.plot)):
             if path is not None:
                 check_output_file(path, option)
@@ -102,7 +110,8 @@ def evaluate_or_exit(parser: argparse.ArgumentParser, args: argparse.Namespace, 
     try:
         return evaluate_split(split, model, langs=langs, image_paths=image_paths, translate_test=args.translate_test,
                               batch_size=args.batch_size, image_batch_size=args.image_batch_size,
-                              num_workers=args.num_workers, device=args.device, progress=not args.no_progress)
+                              num_workers=args.num_workers, device=args.device, progress=not args.no_progress,
+                              text_cache=TextFeatureCache(args.text_cache) if args.text_cache else None)
     except NonFiniteEmbeddingsError as e:
         parser.exit(1, f"{parser.prog}: error: --model {args.model}: {e}\n")
 

@@ -11,6 +11,7 @@ from . import settings
 from .benchmark_data import RetrievalSplit
 from .metrics import check_finite
 from .models import RetrievalModel
+from .text_cache import TextFeatureCache
 
 
 @dataclass
@@ -33,9 +34,11 @@ def _monolingual_captions(split: RetrievalSplit, lang: str, translate_test: bool
 
 def evaluate_split(split: RetrievalSplit, model: RetrievalModel, *, langs: list[str], image_paths: list[Path] | None,
                    translate_test: bool = False, batch_size: int = 256, image_batch_size: int = 64,
-                   num_workers: int = 2, device: str | torch.device = "cpu", progress: bool = True) -> SplitResult:
+                   num_workers: int = 2, device: str | torch.device = "cpu", progress: bool = True,
+                   text_cache: TextFeatureCache | None = None) -> SplitResult:
     """Score ``langs`` of ``split``. ``image_paths=None`` runs only the caption-to-caption settings;
-    ``translate_test`` runs only the image–text settings. Raises
+    ``translate_test`` runs only the image–text settings; ``text_cache`` supplies and keeps the text
+    encoder's outputs. Raises
     :class:`~eval.metrics.NonFiniteEmbeddingsError` when the model's embeddings hold NaN or infinite values."""
     mono = {lang: _monolingual_captions(split, lang, translate_test) for lang in langs} if image_paths else {}
     aligned = {} if translate_test else {lang: split.aligned[lang] for lang in langs}
@@ -43,7 +46,7 @@ def evaluate_split(split: RetrievalSplit, model: RetrievalModel, *, langs: list[
     texts = list(dict.fromkeys([c for caps in mono.values() for image in caps for c in image]
                                + [c for caps in aligned.values() for c in caps]))
     row = {text: i for i, text in enumerate(texts)}
-    emb = model.encode_texts(texts, batch_size=batch_size, progress=progress)
+    emb = model.encode_texts(texts, batch_size=batch_size, progress=progress, cache=text_cache)
     check_finite(emb, "text")
 
     summary: dict = {"monolingual": {}, "crosslingual": None, "multilingual_image": None, "multilingual_text": None}

@@ -37,6 +37,8 @@ from mclip_hbt.images import ImageError, open_image
 from mclip_hbt.model import CONFIG_NAME, PRESETS, MultilingualCLIP, create_model
 from mclip_hbt.text_tower import TextTower
 
+from .text_cache import TextFeatureCache, encoder_fingerprint
+
 OPEN_CLIP_PREFIX = "open_clip:"
 HF_PREFIX = "hf:"
 SPEC_FORMS = (f"a saved model directory, a preset ({', '.join(PRESETS)}), open_clip:ARCH[:TAG_OR_CHECKPOINT], "
@@ -76,6 +78,11 @@ class RetrievalModel:
     device: torch.device = torch.device("cpu")
     #: Folder the weights came from (a saved model directory), else None.
     source_dir: Path | None = None
+    #: ``text_features`` split as ``text_head(text_encoder(tokens))`` where the model has a Hugging Face
+    #: text encoder (its pooled outputs can then come from a :class:`~eval.text_cache.TextFeatureCache`).
+    text_encoder: TextTower | None = None
+    text_head: Callable[[torch.Tensor], torch.Tensor] | None = None
+    _fingerprint: str | None = None
 
     @property
     def supports_images(self) -> bool:
@@ -86,14 +93,27 @@ class RetrievalModel:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return nullcontext()
 
-    def encode_texts(self, texts: Sequence[str], batch_size: int = 256, progress: bool = True) -> torch.Tensor:
-        def encode(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-            with self._autocast():
-                features = self.text_features(batch)
-            return F.normalize(features.float(), dim=-1).cpu()
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256, progress: bool = True,
+                     cache: TextFeatureCache | None = None) -> torch.Tensor:
+        """Normalised embeddings of ``texts``; with ``cache`` (and a Hugging Face text encoder) the encoder's
+        pooled outputs are read from it or added to it, and only the projection head runs here."""
+        def encode_with(features_of: Callable[[Mapping[str, torch.Tensor]], torch.Tensor]):
+            def encode(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+                batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+                with self._autocast():
+                    return features_of(batch).float().cpu()
+            return lambda todo: encode_in_length_order(todo, self.tokenize, encode, batch_size, progress=progress)
 
-        return encode_in_length_order(texts, self.tokenize, encode, batch_size, progress=progress)
+        if cache is None or self.text_encoder is None:
+            return F.normalize(encode_with(self.text_features)(texts), dim=-1)
+        if self._fingerprint is None:
+            tower = self.text_encoder
+            self._fingerprint = encoder_fingerprint(tower, tower.tokenizer, {
+                "prefix": tower.prefix, "pooling": tower.pooling, "max_length": tower.max_length})
+        pooled = cache.features(self._fingerprint, texts, encode_with(self.text_encoder))
+        with torch.inference_mode(), self._autocast():
+            features = self.text_head(pooled.to(self.device))
+        return F.normalize(features.float(), dim=-1).cpu()
 
     def encode_images(self, paths: Sequence[Path], batch_size: int = 64, num_workers: int = 2,
                       progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,7 +145,8 @@ def _from_mclip(model: MultilingualCLIP, name: str, pretrained: str, device: tor
     return RetrievalModel(name=name, pretrained=pretrained, module=model, tokenize=model.tokenize,
                           text_features=lambda tokens: model.encode_text(tokens, normalize=False),
                           image_features=lambda pixels: model.encode_image(pixels, normalize=False),
-                          preprocess=model.preprocess, device=device, source_dir=source_dir)
+                          preprocess=model.preprocess, device=device, source_dir=source_dir,
+                          text_encoder=model.text, text_head=model.text_projection)
 
 
 def _from_open_clip(spec: str, device: torch.device) -> RetrievalModel:
@@ -152,7 +173,8 @@ def _from_open_clip(spec: str, device: torch.device) -> RetrievalModel:
 def _from_text_encoder(name: str, device: torch.device) -> RetrievalModel:
     tower = TextTower.from_name(name, pooling="mean", prefix=E5_QUERY_PREFIX).to(device).eval()
     return RetrievalModel(name=name, pretrained="text-encoder (mean pooling, 'query: ' prefix)", module=tower,
-                          tokenize=tower.tokenize, text_features=tower, device=device)
+                          tokenize=tower.tokenize, text_features=tower, device=device,
+                          text_encoder=tower, text_head=nn.Identity())
 
 
 def load_retrieval_model(spec: str, device: str | torch.device = "cpu") -> RetrievalModel:
