@@ -52,7 +52,7 @@ PREPROCESS_NAME = "preprocessor_config.json"
 #: Written by the trainer into the final model folder (alpha, seed, steps, ...); read by the evaluators.
 TRAIN_META_NAME = "train_meta.json"
 TOKENIZER_DIR = "tokenizer"  # its own folder, so transformers never mistakes our config.json for the tokenizer's
-PROJECTIONS = ("linear", "mlp", "none")
+PROJECTIONS = ("linear", "mlp", "orthogonal", "none")
 T = TypeVar("T")
 
 
@@ -190,7 +190,11 @@ class MultilingualCLIP(nn.Module):
             return nn.Sequential(nn.Linear(width, hidden, bias=False), nn.GELU(),
                                  nn.Linear(hidden, embed_dim, bias=False))
         if width != embed_dim:
-            raise ValueError(f"projection 'none' needs the text width ({width}) to equal embed_dim ({embed_dim})")
+            raise ValueError(f"projection {kind!r} needs the text width ({width}) to equal embed_dim ({embed_dim})")
+        if kind == "orthogonal":
+            # A trainable rotation: it keeps every cosine similarity between the encoder's outputs, so text
+            # retrieval (caption X → caption Y) is exactly the encoder's, whatever the images taught it.
+            return nn.utils.parametrizations.orthogonal(nn.Linear(width, embed_dim, bias=False))
         return nn.Identity()
 
     # --- transforms -------------------------------------------------------------------------

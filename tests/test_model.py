@@ -172,6 +172,35 @@ def test_projection_kinds(projection):
         create_model("tiny", projection="none", embed_dim=16)
 
 
+def test_an_orthogonal_projection_keeps_text_similarities_through_training_and_saving(tmp_path):
+    """A rotation of the encoder's outputs: caption-to-caption cosines stay the encoder's after optimizer
+    steps that change the projection, and after a save and reload."""
+    torch.manual_seed(0)
+    model = create_model("tiny", projection="orthogonal", embed_dim=32)
+    model.lock_text_tower(0)
+    tokens = model.tokenize(CAPTIONS)
+    with torch.no_grad():
+        pooled = torch.nn.functional.normalize(model.eval().text(tokens), dim=-1)
+    model.train()
+    before = model.text_projection.weight.detach().clone()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    images = torch.randn(len(CAPTIONS), 3, 32, 32)
+    for _ in range(3):
+        out = model(images, tokens)
+        logits = out["logit_scale"] * out["image_features"] @ out["text_features"].T
+        torch.nn.functional.cross_entropy(logits, torch.arange(len(CAPTIONS))).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert not torch.allclose(model.text_projection.weight, before)  # it trained
+    model.save_pretrained(tmp_path / "m")
+    for m in (model, type(model).from_pretrained(tmp_path / "m")):
+        with torch.no_grad():
+            text = m.eval().encode_text(tokens)
+        torch.testing.assert_close(text @ text.T, pooled @ pooled.T, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="projection 'orthogonal'"):
+        create_model("tiny", projection="orthogonal", embed_dim=16)
+
+
 def test_image_weights_from_a_local_open_clip_checkpoint(tmp_path):
     source = create_model("tiny")
     checkpoint = tmp_path / "vision.pt"
