@@ -88,3 +88,49 @@ def plot_against_alpha(series: Mapping[str, Mapping[float, tuple[float, float]]]
     # Beside the axes: inside, it covered the curves of low-scoring languages.
     ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, path)
+
+
+def plot_language_heatmap(values: Mapping[str, Mapping[float, float]], groups: Mapping[str, Sequence[str]],
+                          title: str, path: str | Path) -> Path:
+    """Language (rows, in ``groups`` order, groups separated by lines) × α (columns) of percentages."""
+    langs = [lang for members in groups.values() for lang in members if lang in values]
+    alphas = sorted({a for row in values.values() for a in row})
+    grid = [[values[lang].get(a, float("nan")) for a in alphas] for lang in langs]
+    fig, ax = plt.subplots(figsize=(4.0 + 0.9 * len(alphas), 1.5 + 0.16 * len(langs)))
+    image = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
+    ax.set_xticks(range(len(alphas)), [f"{a:g}" for a in alphas])
+    ax.set_yticks(range(len(langs)), langs, fontsize=6)
+    ax.set_xlabel("α (probability of a monolingual batch)")
+    row = 0
+    for group, members in groups.items():
+        present = [lang for lang in members if lang in values]
+        if not present:
+            continue
+        ax.text(len(alphas) - 0.4, row + len(present) / 2 - 0.5, f"{group} ({len(present)})", fontsize=7,
+                va="center", ha="left")
+        row += len(present)
+        if row < len(langs):
+            ax.axhline(row - 0.5, color="white", linewidth=1.5)
+    fig.colorbar(image, ax=ax, label="text→image R@10 (%)", pad=0.45)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_group_scatter(points: Mapping[str, tuple[float, float]], groups: Mapping[str, Sequence[str]],
+                       xlabel: str, ylabel: str, title: str, path: str | Path) -> Path:
+    """One labelled point per language, coloured by its group."""
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for group, members in groups.items():
+        present = [lang for lang in members if lang in points]
+        if not present:
+            continue
+        ax.scatter([points[lang][0] for lang in present], [points[lang][1] for lang in present],
+                   label=f"{group} ({len(present)})", s=18)
+        for lang in present:
+            ax.annotate(lang, points[lang], fontsize=5, xytext=(2, 2), textcoords="offset points")
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(fig, path)

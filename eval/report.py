@@ -25,7 +25,7 @@ from data_recipes.synth_scenes import resolve_profile
 from mclip_hbt.fileio import OutputError, check_output_dir, parse_json, write_json_atomic, write_text_atomic
 from mclip_hbt.languages import canonical_lang
 
-from .plots import plot_against_alpha
+from .plots import plot_against_alpha, plot_group_scatter, plot_language_heatmap
 from .results import save_output
 
 GROUP_STYLES = {"high": "-", "low": "--", "unseen": ":", "other": "-."}
@@ -45,6 +45,22 @@ def default_groups() -> dict[str, list[str]]:
     return {"high": [lang for lang, p in fractions.items() if p == 1.0],
             "low": [lang for lang, p in fractions.items() if 0.0 < p < 1.0],
             "unseen": [lang for lang, p in fractions.items() if p == 0.0]}
+
+
+def groups_from_world(path: Path) -> dict[str, list[str]]:
+    """Groups from a world's ``languages.json`` (``data_recipes.emoji_world``): its training group
+    (high / low / unseen) crossed with whether the text encoder saw the language in pre-training."""
+    try:
+        doc = parse_json(path.read_bytes())
+        entries = doc["languages"]
+        groups: dict[str, list[str]] = defaultdict(list)
+        for entry in entries:
+            where = "in pre-training" if entry["in_pretraining"] else "outside pre-training"
+            groups[f"{entry['group']}, {where}"].append(canonical_lang(entry["lang"]))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"--world {path}: not a world's languages.json ({type(e).__name__}: {e})") from e
+    order = {"high": 0, "low": 1, "unseen": 2}
+    return dict(sorted(groups.items(), key=lambda item: (order.get(item[0].split(",")[0], 3), item[0])))
 
 
 def parse_groups(spec: str) -> dict[str, list[str]]:
@@ -211,8 +227,14 @@ def language_columns(table: dict[float, dict], groups: dict[str, list[str]]) -> 
     return {g: langs for g, langs in columns.items() if langs}
 
 
+#: Above this many languages a benchmark's table is transposed (languages as rows), so it stays readable.
+WIDE_TABLE_LANGUAGES = 12
+
+
 def markdown_table(bench: str, table: dict[float, dict], groups: dict[str, list[str]]) -> str:
     columns = language_columns(table, groups)
+    if sum(map(len, columns.values())) > WIDE_TABLE_LANGUAGES:
+        return _long_tables(bench, table, columns)
     head = ["α", "runs"] + [f"{g}: {lang}" for g, langs in columns.items() for lang in langs]
     head += [f"{g} mean" for g in columns] + ["img→ml mAP", "txt→ml mAP", "rank distance"]
     lines = [f"### {bench}: text→image R@10 (%) by caption language, multilingual settings",
@@ -226,11 +248,88 @@ def markdown_table(bench: str, table: dict[float, dict], groups: dict[str, list[
     return "\n".join(lines)
 
 
-def write_plots(bench: str, table: dict[float, dict], groups: dict[str, list[str]], out: Path) -> list[Path]:
+def _long_tables(bench: str, table: dict[float, dict], columns: dict[str, list[str]]) -> str:
+    """Group means per α, then one row per language (grouped) with a column per α."""
+    head = ["α", "runs"] + [f"{g} ({len(langs)})" for g, langs in columns.items()]
+    head += ["img→ml mAP", "txt→ml mAP", "rank distance"]
+    lines = [f"### {bench}: text→image R@10 (%), group means (languages per group), multilingual settings",
+             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for alpha, row in table.items():
+        cells = [f"{alpha:g}", str(row["n"])] + [_cell(row["groups"].get(g)) for g in columns]
+        cells += [_cell(row["image_map"]), _cell(row["text_map"]), _cell(row["rank_distance"], scale=1.0)]
+        lines.append("| " + " | ".join(cells) + " |")
+    head = ["group", "lang"] + [f"α={alpha:g}" for alpha in table]
+    lines += ["", f"### {bench}: text→image R@10 (%) per language and α", "",
+              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for group, langs in columns.items():
+        for lang in langs:
+            cells = [group, lang] + [_cell(row["t2i_r@10"].get(lang)) for row in table.values()]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def baseline_recall(doc: dict, file: Path) -> dict[str, float]:
+    """Per language, the caption X → English R@1 of a text-only result (the untrained encoder's)."""
+    try:
+        r1 = doc["summary"]["crosslingual"]["r@1"]
+        return {lang: _number(row["en"], f"{file}: crosslingual.r@1.{lang}.en") for lang, row in r1.items()
+                if lang != "en"}
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"--baseline {file}: not a text-only result with English captions "
+                         f"(crosslingual r@1 to en; {type(e).__name__}: {e})") from e
+
+
+def alpha_gain(table: dict[float, dict]) -> tuple[float, dict[str, float]] | None:
+    """The α with the best mean R@10 over languages, and per language its R@10 minus α = 0's;
+    None without α = 0 or another α."""
+    if 0.0 not in table or len(table) < 2:
+        return None
+    langs = list(table[0.0]["t2i_r@10"])
+    best = max(table, key=lambda a: statistics.fmean(table[a]["t2i_r@10"][lang][0] for lang in langs
+                                                     if lang in table[a]["t2i_r@10"]))
+    return best, {lang: table[best]["t2i_r@10"][lang][0] - table[0.0]["t2i_r@10"][lang][0] for lang in langs
+                  if lang in table[best]["t2i_r@10"]}
+
+
+def gain_against_baseline(table: dict[float, dict], baseline: dict[str, float]) -> dict | None:
+    """R@10 gain from α = 0 to the best α beside the untrained encoder's X → en R@1, with their Pearson r."""
+    gain = alpha_gain(table)
+    if gain is None:
+        return None
+    best, per_lang = gain
+    points = {lang: (baseline[lang], g) for lang, g in per_lang.items() if lang in baseline}
+    xs, ys = [p[0] for p in points.values()], [p[1] for p in points.values()]
+    r = (statistics.correlation(xs, ys) if len(points) > 2 and len(set(xs)) > 1 and len(set(ys)) > 1
+         else None)
+    return {"best_alpha": best, "points": points, "pearson_r": r}
+
+
+def gain_section(bench: str, gain: dict | None, groups: dict[str, list[str]]) -> str:
+    """Markdown lines on the α gain against the untrained encoder's X → en R@1 (empty without a baseline)."""
+    if gain is None:
+        return ""
+    r = "n/a" if gain["pearson_r"] is None else f"{gain['pearson_r']:.2f}"
+    lines = ["", f"R@10 gain from α = 0 to α = {gain['best_alpha']:g} (the best α over all languages) against the "
+             f"untrained encoder's caption X → English R@1: Pearson r = {r} over {len(gain['points'])} languages.",
+             "", "| group | languages | mean gain (points) |", "|---|---|---|"]
+    for group, langs in groups.items():
+        present = [gain["points"][lang][1] for lang in langs if lang in gain["points"]]
+        if present:
+            lines.append(f"| {group} | {len(present)} | {100 * statistics.fmean(present):+.1f} |")
+    return "\n".join(lines)
+
+
+def write_plots(bench: str, table: dict[float, dict], groups: dict[str, list[str]], out: Path,
+                gain: dict | None = None) -> list[Path]:
     columns = language_columns(table, groups)
     percent = lambda v: (100 * v[0], 100 * v[1])  # noqa: E731
     paths = []
-    if columns:
+    if columns and sum(map(len, columns.values())) > WIDE_TABLE_LANGUAGES:
+        values = {lang: {a: 100 * row["t2i_r@10"][lang][0] for a, row in table.items() if lang in row["t2i_r@10"]}
+                  for langs in columns.values() for lang in langs}
+        paths.append(plot_language_heatmap(values, columns, f"{bench}: text→image R@10 (%), mean over seeds",
+                                           out / f"{bench}_r10_heatmap.png"))
+    elif columns:
         series, styles = {}, {}
         for group, langs in columns.items():
             for lang in langs:
@@ -240,6 +339,14 @@ def write_plots(bench: str, table: dict[float, dict], groups: dict[str, list[str
                 styles[name] = GROUP_STYLES.get(group, "-")
         paths.append(plot_against_alpha(series, "text→image R@10 (%)", f"{bench}: R@10 per language against α",
                                         out / f"{bench}_r10_vs_alpha.png", styles))
+    if gain is not None and gain["points"]:
+        r = "" if gain["pearson_r"] is None else f" (Pearson r = {gain['pearson_r']:.2f})"
+        points = {lang: (100 * x, 100 * y) for lang, (x, y) in gain["points"].items()}
+        paths.append(plot_group_scatter(
+            points, columns, "untrained encoder: caption X → English R@1 (%)",
+            f"R@10 gain, α = {gain['best_alpha']:g} minus α = 0 (points)",
+            f"{bench}: what α buys against what the encoder knew{r}",
+            out / f"{bench}_gain_vs_untrained.png"))
     maps = {name: {a: percent(row[key]) for a, row in table.items() if row[key]}
             for name, key in (("image → multilingual captions", "image_map"),
                               ("caption → multilingual captions", "text_map"))}
@@ -263,6 +370,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--groups", default=None,
                         help="language groups, e.g. 'high=en,de,es,fr,zh;low=it,pl,tr;unseen=ru,ko,ja' "
                              "(default: the synth_scenes default profile's groups)")
+    parser.add_argument("--world", type=Path, default=None,
+                        help="a world's languages.json (data_recipes.emoji_world): group languages by training "
+                             "group × inside/outside the encoder's pre-training (instead of --groups)")
+    parser.add_argument("--baseline", type=Path, action="append", default=[], metavar="RESULT_JSON",
+                        help="text-only result of the untrained encoder on a benchmark's captions (repeatable, "
+                             "matched by benchmark name): adds the R@10 gain from α = 0 to the best α against "
+                             "its caption X → English R@1, per language, with the correlation")
     parser.add_argument("--label", nargs=2, action="append", default=[], metavar=("PATH", "ALPHA_SEED"),
                         help="α and seed for results without meta.train: PATH alpha=A,seed=S (repeatable; "
                              "PATH is a result file or a folder holding some)")
@@ -273,7 +387,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        groups = parse_groups(args.groups) if args.groups else default_groups()
+        if args.groups and args.world:
+            raise ValueError("give --groups or --world, not both")
+        groups = (parse_groups(args.groups) if args.groups else groups_from_world(args.world) if args.world
+                  else default_groups())
+        baselines = {}
+        for file in args.baseline:
+            doc = read_result_document(file)
+            if not is_result_document(doc):
+                raise ValueError(f"--baseline {file} is not a result JSON of eval.xtd")
+            baselines[str(doc["meta"].get("benchmark"))] = baseline_recall(doc, file)
         labels = {}
         for path, text in args.label:
             try:
@@ -296,7 +419,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(e))
 
     tables = aggregate(runs, groups)
-    sections = [markdown_table(bench, table, groups) for bench, table in tables.items()]
+    gains = {bench: gain_against_baseline(table, baselines[bench]) for bench, table in tables.items()
+             if bench in baselines}
+    sections = [markdown_table(bench, table, groups) + gain_section(bench, gains.get(bench), groups)
+                for bench, table in tables.items()]
     report = "\n\n".join(sections) + "\n"
     print(report)
     print(f"{len(runs)} result file(s)")
@@ -304,10 +430,11 @@ def main(argv: list[str] | None = None) -> int:
                            lambda: write_text_atomic(args.out / "report.md", report)),
                save_output(parser.prog, "report data", args.out / "report.json",
                            lambda: write_json_atomic(args.out / "report.json", {
-                               "groups": groups, "inputs": [str(r.path) for r in runs],
+                               "groups": groups, "inputs": [str(r.path) for r in runs], "gain_vs_untrained": gains,
                                "benchmarks": {b: {str(a): row for a, row in t.items()} for b, t in tables.items()}})),
                save_output(parser.prog, "plots", args.out,
-                           lambda: [write_plots(bench, table, groups, args.out) for bench, table in tables.items()])]
+                           lambda: [write_plots(bench, table, groups, args.out, gains.get(bench))
+                                           for bench, table in tables.items()])]
     return 0 if all(written) else 1
 
 

@@ -85,3 +85,37 @@ def test_result_without_alpha_is_refused_with_a_hint(tmp_path, capsys):
         report.main([str(a), "--out", str(tmp_path / "r")])
     assert exc.value.code == 2
     assert "--label" in capsys.readouterr().err
+
+
+def test_world_groups_many_languages_heatmap_and_gain_against_the_untrained_encoder(tmp_path):
+    """14 languages of a world (two outside pre-training): long tables, a heat map, and a gain whose
+    correlation with the untrained encoder's X→en R@1 is exact here (gain = baseline / 2)."""
+    langs = ["en", "de", "fr", "sw", "am", "cy", "km", "is", "so", "ne", "te", "my", "yo", "zu"]
+    world = [{"lang": lang, "group": "high" if i < 3 else "low" if i < 6 else "unseen",
+              "in_pretraining": lang not in ("yo", "zu")} for i, lang in enumerate(langs)]
+    (tmp_path / "languages.json").write_text(json.dumps({"languages": world}))
+    baseline_r1 = {lang: 0.05 * i for i, lang in enumerate(langs) if lang != "en"}
+    baseline = {"results": [], "meta": {"benchmark": "emoji_seen"},
+                "summary": {"monolingual": {}, "multilingual_image": None, "multilingual_text": None,
+                            "crosslingual": {"r@1": {lang: {"en": r} for lang, r in baseline_r1.items()}}}}
+    (tmp_path / "baseline.json").write_text(json.dumps(baseline))
+    files = []
+    for alpha in (0.0, 0.5, 1.0):
+        # α = 0.5 is best on average; its gain over α = 0 is half the language's baseline R@1.
+        r10 = {lang: 0.2 + (baseline_r1.get(lang, 0.0) / 2 if alpha == 0.5 else 0.0) for lang in langs}
+        doc = result_doc(r10, text_map=0.3, rd=50.0)
+        doc["meta"] = {"benchmark": "emoji_seen", "train": {"alpha": alpha, "seed": 0}}
+        files.append(tmp_path / f"a{alpha}.json")
+        files[-1].write_text(json.dumps(doc))
+    out = tmp_path / "r"
+    assert report.main([*map(str, files), "--out", str(out), "--world", str(tmp_path / "languages.json"),
+                        "--baseline", str(tmp_path / "baseline.json")]) == 0
+    md = (out / "report.md").read_text()
+    assert "| α | runs | high, in pre-training (3) | low, in pre-training (3) | unseen, in pre-training (6) | " \
+           "unseen, outside pre-training (2) |" in md
+    assert "| unseen, outside pre-training | zu | 20.0 | 52.5 | 20.0 |" in md
+    gain = json.loads((out / "report.json").read_text())["gain_vs_untrained"]["emoji_seen"]
+    assert gain["best_alpha"] == 0.5 and gain["pearson_r"] == pytest.approx(1.0)
+    assert gain["points"]["zu"] == pytest.approx([0.65, 0.325])
+    for name in ("emoji_seen_r10_heatmap.png", "emoji_seen_gain_vs_untrained.png", "emoji_seen_map_vs_alpha.png"):
+        assert (out / name).stat().st_size > 0
