@@ -329,14 +329,20 @@ def train_captions(annotations: dict[str, Annotation], picture: Picture, lang: s
 class Concepts:
     """Which emoji each split draws from, and which languages are evaluated."""
     evaluated: tuple[str, ...]  # the profile's languages first, then the others in code order
-    train: tuple[str, ...]  # emoji drawn in training: named in every profile language, not held out
+    train: tuple[str, ...]  # emoji drawn in training (TRAIN_CONCEPTS), never a held-out one
     seen: tuple[str, ...]  # test_seen: named in every evaluated language, not held out
     heldout: tuple[str, ...]  # test_unseen: named in every evaluated language, never in training
 
 
+#: What training draws from. "seen": the seen-test concepts (named in every evaluated language, not held out),
+#: about 70 pictures of each in 20,000 images; "profile": every emoji named in every profile language and not
+#: held out — more variety, but over twice the concepts and so under half the pictures of each.
+TRAIN_CONCEPTS = ("seen", "profile")
+
+
 def choose_concepts(annotations: dict[str, dict[str, Annotation]], drawable: set[str], profile: dict[str, float],
                     min_names: int, heldout_fraction: float, seed: int,
-                    eval_languages: list[str] | None = None) -> Concepts:
+                    eval_languages: list[str] | None = None, train_concepts: str = "seen") -> Concepts:
     """Evaluated languages: the profile's, then ``eval_languages`` (default: every language with enough names)."""
     named = {lang: set(a) & drawable for lang, a in annotations.items()}
     others = sorted(lang for lang in named if len(named[lang]) >= min_names) if eval_languages is None \
@@ -348,9 +354,14 @@ def choose_concepts(annotations: dict[str, dict[str, Annotation]], drawable: set
                          f"{', '.join(missing)}; lower --min-names or leave them out")
     shared = sorted(set.intersection(*(named[lang] for lang in evaluated)))
     heldout = sorted(random.Random(f"emoji_world/{seed}/heldout").sample(shared, round(heldout_fraction * len(shared))))
-    # Every profile language names every training concept, so a language's share of training images is its fraction.
-    train = sorted(set.intersection(*(named[lang] for lang in profile)) - set(heldout))
-    return Concepts(tuple(evaluated), tuple(train), tuple(sorted(set(shared) - set(heldout))), tuple(heldout))
+    seen = sorted(set(shared) - set(heldout))
+    if train_concepts not in TRAIN_CONCEPTS:
+        raise ValueError(f"train_concepts must be one of {', '.join(TRAIN_CONCEPTS)}, got {train_concepts!r}")
+    # Either way every profile language names every training concept, so a language's share of training
+    # images is its fraction.
+    train = seen if train_concepts == "seen" else sorted(
+        set.intersection(*(named[lang] for lang in profile)) - set(heldout))
+    return Concepts(tuple(evaluated), tuple(train), tuple(seen), tuple(heldout))
 
 
 def pool_of(concepts: Concepts, split: str) -> tuple[str, ...]:
@@ -422,8 +433,8 @@ def language_table(concepts: Concepts, profile: dict[str, float], annotations: d
 def generate(out_dir: str | Path, *, cldr: str | Path | None = None, font: str | Path | None = None,
              train_samples: int = 20000, test_samples: int = 1000, image_size: int = 64,
              profile: str | dict = "default", min_names: int = 1000, eval_languages: list[str] | None = None,
-             heldout_fraction: float = 0.2, seed: int = 0, shard_size: int = 1000, workers: int = 1,
-             overwrite: bool = False, progress: bool = True) -> dict:
+             heldout_fraction: float = 0.2, train_concepts: str = "seen", seed: int = 0, shard_size: int = 1000,
+             workers: int = 1, overwrite: bool = False, progress: bool = True) -> dict:
     """Write the training shards and both test splits under ``out_dir``; return the summary.
 
     A finished ``out_dir`` made with the same settings is left as it is (``"skipped": True``); one made
@@ -434,9 +445,8 @@ def generate(out_dir: str | Path, *, cldr: str | Path | None = None, font: str |
     out = Path(out_dir)
     config = {"train_samples": train_samples, "test_samples": test_samples, "image_size": image_size,
               "profile": {"name": profile_name, "fractions": fractions}, "min_names": min_names,
-              "eval_languages": eval_languages,
-              "heldout_fraction": heldout_fraction, "seed": seed, "shard_size": shard_size,
-              "jpeg_quality": JPEG_QUALITY}
+              "eval_languages": eval_languages, "heldout_fraction": heldout_fraction,
+              "train_concepts": train_concepts, "seed": seed, "shard_size": shard_size, "jpeg_quality": JPEG_QUALITY}
     done = finished_summary(out, DONE_MARKER, config, overwrite, ("train", *TEST_SPLITS),
                             "an emoji world")
     if done is not None:
@@ -445,7 +455,8 @@ def generate(out_dir: str | Path, *, cldr: str | Path | None = None, font: str |
     annotations = read_all_annotations(cldr_dir)
     everything = set().union(*(set(a) for a in annotations.values()))
     drawable = {e for e in sorted(everything) if renderable(str(font_file), e)}
-    concepts = choose_concepts(annotations, drawable, fractions, min_names, heldout_fraction, seed, eval_languages)
+    concepts = choose_concepts(annotations, drawable, fractions, min_names, heldout_fraction, seed, eval_languages,
+                               train_concepts)
     used = set(concepts.train) | set(concepts.seen) | set(concepts.heldout)
     evaluated = {lang: {e: a for e, a in annotations[lang].items() if e in used} for lang in concepts.evaluated}
     maker_kwargs = {"annotations": evaluated, "font_file": str(font_file), "image_size": image_size, "seed": seed,
@@ -530,6 +541,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "--min-names names) or a comma-separated list (default: %(default)s)")
     p.add_argument("--heldout-fraction", type=_fraction, default=0.2,
                    help="share of the test concepts held out of training for test_unseen (default: %(default)s)")
+    p.add_argument("--train-concepts", choices=TRAIN_CONCEPTS, default="seen",
+                   help="what training pictures show: seen = the seen-test concepts (named in every evaluated "
+                        "language, about 70 pictures each in 20,000 images); profile = every emoji the profile's "
+                        "languages all name (over twice as many, fewer pictures each); held-out concepts never "
+                        "(default: %(default)s)")
     add_world_arguments(p)
     return p
 
@@ -552,7 +568,8 @@ def main(argv: list[str] | None = None) -> dict:
         summary = generate(args.out, cldr=cldr, font=font, train_samples=args.train_samples,
                            test_samples=args.test_samples, image_size=args.image_size, profile=args.profile,
                            min_names=args.min_names, eval_languages=eval_languages,
-                           heldout_fraction=args.heldout_fraction, seed=args.seed,
+                           heldout_fraction=args.heldout_fraction, train_concepts=args.train_concepts,
+                           seed=args.seed,
                            shard_size=args.shard_size, workers=args.workers, overwrite=args.overwrite,
                            progress=not args.no_progress)
     except (FileExistsError, EmojiDataError, ValueError) as err:

@@ -126,6 +126,18 @@ def test_default_test_splits_have_distinct_english_captions(annotations, drawabl
         assert all(p.emoji in ew.pool_of(concepts, split) for pic in pictures for p in pic.emoji)
 
 
+def test_training_concepts_are_the_seen_ones_or_every_profile_named_one(annotations, drawable):
+    seen = ew.choose_concepts(annotations, drawable, ew.PROFILES["default"], 1000, 0.2, seed=0)
+    wide = ew.choose_concepts(annotations, drawable, ew.PROFILES["default"], 1000, 0.2, seed=0,
+                              train_concepts="profile")
+    assert seen.train == seen.seen and seen.heldout == wide.heldout and seen.seen == wide.seen
+    assert set(wide.train) > set(seen.train) and not set(wide.train) & set(wide.heldout)
+    profile_named = set.intersection(*(set(annotations[lang]) & drawable for lang in ew.PROFILES["default"]))
+    assert set(wide.train) == profile_named - set(wide.heldout)
+    with pytest.raises(ValueError, match="train_concepts"):
+        ew.choose_concepts(annotations, drawable, ew.PROFILES["default"], 1000, 0.2, seed=0, train_concepts="all")
+
+
 # ------------------------------------------------------------------------------ a generated world
 def test_splits_are_line_aligned_in_every_evaluated_language(world):
     out, summary = world
