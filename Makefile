@@ -26,11 +26,13 @@ test: venv
 lint: venv
 	$(VENV)/bin/ruff check .
 
-# The main job on the embedded default (synthetic shards + the bundled offline encoder), runs/demo/.
+# The main job on the embedded default (the emoji world + the bundled offline encoder), runs/demo/;
+# DEMO_ARGS="--world synth" runs it on synth_scenes.
 demo: venv
 	HF_HUB_OFFLINE=1 $(PY) demo.py run $(DEMO_ARGS)
 
-# alpha in {0, 0.25, 0.5, 0.75, 1} x 3 seeds on the same data and budget, then eval.report (runs/sweep/).
+# alpha in {0, 0.25, 0.5, 0.75, 1} x 3 seeds on the emoji world, same data and budget, every language scored,
+# then eval.report with the language x alpha heat map and the gain scatter (runs/sweep/).
 SWEEP_ARGS ?=
 sweep: venv
 	HF_HUB_OFFLINE=1 $(PY) demo.py sweep $(SWEEP_ARGS)

@@ -30,6 +30,8 @@ def files_under(folder):
     (["run", "--train-samples", "-5"], "--train-samples"),
     (["run", "--steps", "-1"], "--steps"),
     (["run", "--steps", "0"], "--steps"),  # refused, not silently replaced by the config's step count
+    (["run", "--world", "flat"], "--world"),
+    (["run", "--eval-languages", "sw,xx"], "--eval-languages"),
 ])
 def test_bad_values_are_refused(demo_main, tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -44,7 +46,7 @@ def test_data_made_with_other_settings_is_refused_naming_the_setting(demo_main, 
              progress=False)  # the demo's data settings, but 20 training images
     before = files_under(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
-        demo_main(["run", "--train-samples", "30", "--out", str(tmp_path / "demo")])
+        demo_main(["run", "--world", "synth", "--train-samples", "30", "--out", str(tmp_path / "demo")])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2
     assert "--train-samples" in err and "train_samples: 20 there, 30 asked" in err
