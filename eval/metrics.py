@@ -35,6 +35,8 @@ RANK_PAD = torch.iinfo(torch.int64).max
 
 #: Elements of the chunk's (queries × relevant × items) comparison tensor held at once.
 _COMPARE_BUDGET = 1 << 25
+#: Above this many relevant items per query, ranks are counted in sorted rows (see relevant_ranks).
+_SORT_ABOVE_WIDTH = 16
 
 
 class NonFiniteEmbeddingsError(ValueError):
@@ -131,7 +133,10 @@ def relevant_ranks(queries: torch.Tensor, items: torch.Tensor, query_groups: tor
     if missing_queries is not None:
         missing_queries = torch.as_tensor(missing_queries, dtype=torch.bool).to(device)
     items_dev = items.to(device, torch.float32)
-    chunk = max(1, min(chunk_size, _COMPARE_BUDGET // max(1, width * len(items))))
+    # With many relevant items per query (a multilingual pool), counting the pool items above each one by
+    # comparison costs width x N per query; a sorted row answers every count by binary search instead.
+    by_sorting = width > _SORT_ABOVE_WIDTH
+    chunk = max(1, min(chunk_size, _COMPARE_BUDGET // max(1, (1 if by_sorting else width) * len(items))))
     out, best_before_ties = [], []
     for start in range(0, len(queries), chunk):
         end = min(start + chunk, len(queries))
@@ -143,8 +148,14 @@ def relevant_ranks(queries: torch.Tensor, items: torch.Tensor, query_groups: tor
         rel = relevant[start:end].to(device)
         valid = rel >= 0
         rel_scores = sims.gather(1, rel.clamp(min=0)).unsqueeze(2)  # same matmul row as the pool: no rounding mismatch
-        above = (sims.unsqueeze(1) > rel_scores).sum(2)
-        at_or_above = (sims.unsqueeze(1) >= rel_scores).sum(2)
+        if by_sorting:
+            ordered = sims.sort(dim=1).values
+            scores = rel_scores[:, :, 0].contiguous()
+            above = sims.shape[1] - torch.searchsorted(ordered, scores, right=True)
+            at_or_above = sims.shape[1] - torch.searchsorted(ordered, scores, right=False)
+        else:
+            above = (sims.unsqueeze(1) > rel_scores).sum(2)
+            at_or_above = (sims.unsqueeze(1) >= rel_scores).sum(2)
         if query_item_index is not None:  # the query's own item is not in its pool
             own = sims.gather(1, query_item_index[start:end].to(device).unsqueeze(1))
             above -= (own > rel_scores[:, :, 0]).long()

@@ -173,3 +173,26 @@ def test_multilingual_pool_matches_brute_force_and_chunking_changes_nothing():
     aps, rds = brute_force(scores, relevant)
     assert average_precision(small).tolist() == pytest.approx(aps)
     assert rank_distances(small).tolist() == pytest.approx(rds)
+
+
+@pytest.mark.parametrize("with_missing", [False, True])
+def test_counting_ranks_in_sorted_rows_equals_comparing(monkeypatch, with_missing):
+    """Pools with many relevant items per query take the sorted-row path; on tied, quantised scores, with
+    the query in its own pool and unreadable inputs, both paths give the same ranks."""
+    import eval.metrics as metrics
+    g = torch.Generator().manual_seed(5)
+    n_images, n_langs = 30, 20
+    pool = torch.randint(-2, 3, (n_images * n_langs, 6), generator=g).float()  # many exact ties
+    groups = torch.arange(n_images).repeat(n_langs)
+    kwargs = dict(query_item_index=torch.arange(len(pool)), chunk_size=64)
+    if with_missing:
+        kwargs["missing_items"] = torch.rand(len(pool), generator=g) < 0.05
+        kwargs["missing_queries"] = kwargs["missing_items"]
+    results = []
+    for threshold in (10**9, 0):  # compare everything, then sort everything
+        monkeypatch.setattr(metrics, "_SORT_ABOVE_WIDTH", threshold)
+        results.append(relevant_ranks(pool, pool, groups, groups, **kwargs))
+    compared, sorted_ = results
+    assert torch.equal(compared.ranks, sorted_.ranks)
+    assert torch.equal(compared.best_before_ties, sorted_.best_before_ties)
+    assert compared.count.tolist() == [n_langs - 1] * len(pool)
