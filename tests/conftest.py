@@ -1,6 +1,7 @@
 """Shared test fixtures."""
 from __future__ import annotations
 
+import gzip
 import os
 import subprocess
 from pathlib import Path
@@ -23,6 +24,22 @@ def shared_data() -> Path:
                     "xtd10/ and multi30k/ (the project's shared/data)")
     return root
 
+
+def copy_first_lines(source_root: Path, dest_root: Path, pattern: str, n: int) -> list[Path]:
+    """Copies of the files under ``source_root`` named ``pattern`` (line-aligned caption and image-name
+    files), each cut to its first ``n`` lines, at the same relative paths under ``dest_root`` (``.gz``
+    files stay gzip); returns the copies. For running a real benchmark's files on fewer images."""
+    copies = []
+    for source in sorted(source_root.rglob(pattern)):
+        target = dest_root / source.relative_to(source_root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        opener = gzip.open if source.suffix == ".gz" else open
+        with opener(source, "rb") as f:
+            lines = f.read().split(b"\n")  # only "\n" ends a line (read_lines keeps a "\r" inside one)
+        with opener(target, "wb") as f:
+            f.write(b"".join(line + b"\n" for line in lines[:n]))
+        copies.append(target)
+    return copies
 
 
 class SmallFileSystems:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import copy_first_lines
 from PIL import Image
 
 from data_recipes.caption_files import read_lines
@@ -14,6 +15,8 @@ from eval.benchmark_data import load_multi30k_test2016
 
 MULTI30K = ["en", "de", "fr", "cs"]
 COCO = ["en", "ja", "zh"]
+#: Images per part in the end-to-end run.
+N_END_TO_END = 200
 
 
 def test_multi30k_reader_keeps_five_task2_captions_for_en_and_de(shared_data):
@@ -25,7 +28,12 @@ def test_multi30k_reader_keeps_five_task2_captions_for_en_and_de(shared_data):
     assert split.captions["fr"][0] == [split.aligned["fr"][0]]
 
 
-def test_text_only_on_the_real_caption_files(shared_data, tmp_path, capsys):
+def test_text_only_on_the_real_caption_files(shared_data, tmp_path, capsys, monkeypatch):
+    # The real caption files cut to their first 100 lines (read whole by the test above), found where
+    # the command looks by default: $MCLIP_HBT_DATA/multi30k and $MCLIP_HBT_DATA/xtd10.
+    for part, pattern in (("multi30k", "test_2016*"), ("xtd10", "test_*.txt")):
+        assert copy_first_lines(shared_data / part, tmp_path / "data" / part, pattern, 100)
+    monkeypatch.setenv("MCLIP_HBT_DATA", str(tmp_path / "data"))
     out = tmp_path / "m3c_text.json"
     assert m3c.main(["--text-only", "--model", "tiny", "--out", str(out), "--no-progress"]) == 0
     doc = json.loads(out.read_text())
@@ -34,6 +42,7 @@ def test_text_only_on_the_real_caption_files(shared_data, tmp_path, capsys):
     assert set(doc["summary"]["multi30k"]["crosslingual"]["r@1"]["cs"]) == {"en", "de", "fr"}
     assert set(doc["summary"]["mscoco-1k"]["multilingual_text"]["per_language"]) == set(COCO)
     assert doc["meta"]["part_languages"] == {"multi30k": MULTI30K, "mscoco-1k": COCO}
+    assert doc["meta"]["n_images"] == {"multi30k": 100, "mscoco-1k": 100}
     assert "no padding to five" in doc["meta"]["caption_counts"]
     assert "no padding to five" in capsys.readouterr().out
 
@@ -48,20 +57,28 @@ def placeholder_images(folder: Path, names: list[str]) -> None:
 
 @pytest.mark.slow
 def test_end_to_end_with_placeholder_images(shared_data, tmp_path):
+    # The real caption files cut to their first N lines (the full files are read by the tests above;
+    # every image-text setting runs the same for N images as for 1,000, the encoding takes a fifth).
+    n = N_END_TO_END
+    multi30k, xtd10 = tmp_path / "multi30k", tmp_path / "xtd10"
+    assert len(copy_first_lines(shared_data / "multi30k", multi30k, "test_2016*", n)) == 15
+    assert copy_first_lines(shared_data / "xtd10", xtd10, "test_*.txt", n)
     flickr, coco = tmp_path / "flickr30k-images", tmp_path / "coco"
-    placeholder_images(flickr, read_lines(shared_data / "multi30k/data/task1/image_splits/test_2016_flickr.txt"))
+    placeholder_images(flickr, read_lines(multi30k / "data/task1/image_splits/test_2016_flickr.txt"))
     # COCO keeps train and val images in their own folders; the evaluator finds them there.
-    placeholder_images(coco, [f"{n.split('_')[1]}/{n}"
-                              for n in read_lines(shared_data / "xtd10/XTD10/test_image_names.txt")])
+    placeholder_images(coco, [f"{name.split('_')[1]}/{name}"
+                              for name in read_lines(xtd10 / "XTD10/test_image_names.txt")])
     out, plot = tmp_path / "m3c.json", tmp_path / "m3c.png"
     assert m3c.main(["--model", "tiny", "--flickr-images", str(flickr), "--coco-images", str(coco),
+                     "--multi30k", str(multi30k), "--xtd-captions", str(xtd10),
                      "--out", str(out), "--plot", str(plot), "--no-progress"]) == 0
     doc = json.loads(out.read_text())
     assert [(r["dataset"], r["language"]) for r in doc["results"]] == \
         [("multi30k", lang) for lang in MULTI30K] + [("mscoco-1k", lang) for lang in COCO]
-    assert doc["meta"]["image_text_captions"] == {"multi30k": {"en": 5000, "de": 5000, "fr": 1000, "cs": 1000},
-                                                  "mscoco-1k": {"en": 1000, "ja": 1000, "zh": 1000}}
-    assert doc["meta"]["n_images"] == {"multi30k": 1000, "mscoco-1k": 1000}
+    # Multi30K: five task-2 captions per image in en and de, the task-1 one in fr and cs.
+    assert doc["meta"]["image_text_captions"] == {"multi30k": {"en": 5 * n, "de": 5 * n, "fr": n, "cs": n},
+                                                  "mscoco-1k": {"en": n, "ja": n, "zh": n}}
+    assert doc["meta"]["n_images"] == {"multi30k": n, "mscoco-1k": n}
     for part, langs in (("multi30k", MULTI30K), ("mscoco-1k", COCO)):
         mono = doc["summary"][part]["monolingual"]
         assert list(mono) == langs

@@ -86,31 +86,55 @@ def test_save_and_reload_in_a_fresh_offline_process(tiny, tmp_path):
     assert config["model_type"] == "mclip_hbt" and config["architecture"]["embed_dim"] == 32
 
 
-def test_e5_small_preset_works_offline():
+@pytest.fixture(scope="module")
+def offline_process() -> dict[str, str]:
+    """One fresh process with the hub switched off (HF_HUB_OFFLINE is read at import) for the two offline
+    tests below, each part run on its own: part name → what it printed, or its error."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     script = textwrap.dedent("""
+        import json, traceback
         import torch
         from mclip_hbt.model import create_model
-        model = create_model("e5-small-vit-b32").eval()
-        with torch.no_grad():
-            f = model.encode_text(model.tokenize(["a dog on the beach", "ein Hund am Strand"]))
-        print(tuple(f.shape), [round(float(n), 5) for n in f.norm(dim=-1)], model.text.prefix)
+        from mclip_hbt.hub import ModelUnavailableError
+
+        def e5_preset():
+            model = create_model("e5-small-vit-b32").eval()
+            with torch.no_grad():
+                f = model.encode_text(model.tokenize(["a dog on the beach", "ein Hund am Strand"]))
+            return f"{tuple(f.shape)} {[round(float(n), 5) for n in f.norm(dim=-1)]} {model.text.prefix}"
+
+        def hub_preset():
+            try:
+                create_model("xlmr-base-vit-b32")
+            except ModelUnavailableError as err:
+                return f"MSG {err}"
+            return "no error"
+
+        for part in (e5_preset, hub_preset):
+            try:
+                out = part()
+            except Exception:
+                out = "ERROR " + traceback.format_exc()
+            print(json.dumps({part.__name__: out}))
     """)
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "(2, 512) [1.0, 1.0] query:"
+    parts = {}
+    for line in result.stdout.splitlines():
+        if line.startswith("{"):
+            parts.update(json.loads(line))
+    assert set(parts) == {"e5_preset", "hub_preset"}, result.stdout + result.stderr
+    return parts
 
 
-def test_hub_preset_fails_offline_with_a_plain_message():
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    script = ("from mclip_hbt.model import create_model\n"
-              "from mclip_hbt.hub import ModelUnavailableError\n"
-              "try:\n    create_model('xlmr-base-vit-b32')\n"
-              "except ModelUnavailableError as err:\n    print('MSG', err)\n")
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert "MSG cannot load the" in result.stdout and "xlm-roberta-base" in result.stdout
-    assert "HF_HUB_OFFLINE" in result.stdout
+def test_e5_small_preset_works_offline(offline_process):
+    assert offline_process["e5_preset"].strip() == "(2, 512) [1.0, 1.0] query:"
+
+
+def test_hub_preset_fails_offline_with_a_plain_message(offline_process):
+    message = offline_process["hub_preset"]
+    assert "MSG cannot load the" in message and "xlm-roberta-base" in message
+    assert "HF_HUB_OFFLINE" in message
 
 
 def test_unknown_name_is_refused():

@@ -1,23 +1,32 @@
 """The trainer end to end: argument checks, exact distributed steps, resumption, faults, saved model."""
 from __future__ import annotations
 
+import gc
 import io
 import json
+import logging
 import os
+import random
+import runpy
 import shutil
 import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
+from contextlib import contextmanager, redirect_stderr
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
+from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
 from data_recipes.synth_scenes import generate
-from mclip_hbt.model import MultilingualCLIP
+from mclip_hbt.model import MultilingualCLIP, create_model
 from mclip_hbt.paths import REPO_ROOT
 from mclip_hbt.trainer import cli_main
 
@@ -46,6 +55,122 @@ def _train(args: list[str], launcher: list[str] | None = None, timeout: int = 30
     return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
 
 
+@contextmanager
+def _argv(argv: list[str]):
+    saved = sys.argv
+    sys.argv = argv
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+@contextmanager
+def _own_accelerate_state():
+    """A run in this process gets accelerate's process state of its own, as a new process would: the
+    state is shared by every Accelerator of a process and fixed by the first (a CUDA state left by an
+    earlier test would refuse a CPU run), so it is reset before and after (accelerate's own tests do so)."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        yield
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@contextmanager
+def _one_thread():
+    """torch on one thread, as ``_env()``'s OMP_NUM_THREADS=1 gives a process."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+class RunTimedOut(Exception):
+    """An in-process run went past its time limit (what ``subprocess.run(timeout=...)`` is to ``_train``)."""
+
+
+# What train.py's logging.basicConfig prints (under pytest the root logger already has handlers, so the
+# trainer's own basicConfig call adds none).
+_TRAIN_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _loader_iterators() -> list[_MultiProcessingDataLoaderIter]:
+    return [o for o in gc.get_objects() if type(o) is _MultiProcessingDataLoaderIter]
+
+
+def _stop_leftover_workers(existing: list) -> None:
+    """Stop the DataLoader workers a finished run left running, as the end of its process would.
+
+    train() leaves its loader's iterator in a reference cycle; when the garbage collector later frees
+    it, the workers' shutdown message is lost and each worker is waited for 5 s and then killed (a
+    process that ends never waits: its daemonic workers are terminated at exit). Shutting them down now,
+    while the iterator is intact, takes milliseconds. ``existing``: iterators from before the run, left alone.
+    """
+    for leftover in _loader_iterators():
+        if not any(leftover is other for other in existing):
+            leftover._shutdown_workers()
+
+
+def _train_in_process(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
+    """``_train`` without the new process (its ~10 s of imports): train.py's ``cli_main`` in this process.
+
+    For runs whose behaviour is not about the process boundary (signals, SIGKILL, several processes
+    stay real processes). Returns what ``_train`` returns: the exit status the process would end with
+    (``sys.exit``'s code; any other exception propagates and fails the test, as a traceback would) and
+    its stderr: the error line, the progress bar and the log records at INFO in train.py's format,
+    from this process and its DataLoader workers (a file, so forked workers write into it too). A run
+    still going after ``timeout`` seconds raises ``RunTimedOut``. The environment of ``_env()`` (one
+    thread, CPU, hub offline) holds during the run; the global RNGs and logging are restored after it.
+    """
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    rng = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    saved_env = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "ACCELERATE_USE_CPU")}
+    iterators = _loader_iterators()
+
+    def expire(signum, frame):
+        raise RunTimedOut(f"train.py {' '.join(args)} still running after {timeout} s")
+
+    with tempfile.TemporaryDirectory() as where:
+        # Appending and line-buffered: this process and the forked workers add whole lines at the end.
+        err = open(Path(where) / "stderr.txt", "a", buffering=1, encoding="utf-8", errors="replace")
+        handler = logging.StreamHandler(err)
+        handler.setFormatter(logging.Formatter(_TRAIN_LOG_FORMAT))
+        previous_alarm = signal.signal(signal.SIGALRM, expire)
+        code = 0
+        try:
+            os.environ.update(HF_HUB_OFFLINE="1", ACCELERATE_USE_CPU="true")
+            root.addHandler(handler)
+            root.setLevel(logging.INFO)
+            signal.setitimer(signal.ITIMER_REAL, timeout)  # not inherited by forked workers
+            with redirect_stderr(err), _one_thread(), _own_accelerate_state():
+                try:
+                    cli_main(["--config", TINY, "--report-to", "none", *args])
+                except SystemExit as exit_info:
+                    code = exit_info.code if isinstance(exit_info.code, int) else (exit_info.code is not None)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous_alarm)
+            for extra in set(root.handlers) - set(handlers):
+                root.removeHandler(extra)
+            root.setLevel(level)
+            for key, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            random.setstate(rng[0])
+            np.random.set_state(rng[1])
+            torch.set_rng_state(rng[2])
+            _stop_leftover_workers(iterators)
+            err.close()
+        stderr = (Path(where) / "stderr.txt").read_text(encoding="utf-8", errors="replace")
+    return subprocess.CompletedProcess(args, int(code), "", stderr)
+
+
 @pytest.mark.parametrize("args, option", [
     (["--alpha", "1.5"], "--alpha"),
     (["--languages", "en,xx"], "--languages"),
@@ -62,21 +187,24 @@ def test_bad_values_are_refused_before_any_work(shards, tmp_path, capsys, args, 
     assert not (tmp_path / "run").exists()
 
 
-def test_missing_shards_and_indivisible_batch_are_refused(tmp_path, shards):
+def test_missing_shards_and_indivisible_batch_are_refused(tmp_path, shards, monkeypatch):
     result = _train(["--train-data", str(tmp_path / "nothing-{000..003}.tar")], timeout=60)
     assert result.returncode == 2 and "--train-data" in result.stderr and "missing" in result.stderr
-    env = {**_env(), "WORLD_SIZE": "2"}
-    result = subprocess.run([sys.executable, TRAIN_PY, "--config", TINY, "--train-data", str(shards),
-                             "--batch-size", "5"], env=env, capture_output=True, text=True, timeout=60)
+    # The second refusal in this process: WORLD_SIZE is what cli_main reads to count the processes.
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = _train_in_process(["--train-data", str(shards), "--batch-size", "5",
+                                "--output-dir", str(tmp_path / "run")], timeout=60)
     assert result.returncode == 2 and "--batch-size" in result.stderr
+    assert "parameters:" not in result.stderr and not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow
 def test_two_process_step_equals_one_process_step(tmp_path):
     script = str(REPO_ROOT / "tests" / "scripts" / "one_train_step.py")
-    single = subprocess.run([sys.executable, script, str(tmp_path / "one.pt")], env=_env(),
-                            capture_output=True, text=True, timeout=180)
-    assert single.returncode == 0, single.stderr[-3000:]
+    # The one-process side needs no process of its own: the script run in this process (one thread, as
+    # under _env()); the two-process side is two real gloo processes.
+    with torch.random.fork_rng(), _argv([script, str(tmp_path / "one.pt")]), _one_thread(), _own_accelerate_state():
+        runpy.run_path(script, run_name="__main__")
     double = subprocess.run(ACCELERATE_2CPU + [script, str(tmp_path / "two.pt")], env=_env(),
                             capture_output=True, text=True, timeout=240)
     assert double.returncode == 0, double.stderr[-3000:]
@@ -86,10 +214,10 @@ def test_two_process_step_equals_one_process_step(tmp_path):
     for name, value in one.items():
         torch.testing.assert_close(two[name], value, atol=1e-5, rtol=0, msg=name)
     # the step really moved the weights (the comparison is not between two untouched models)
-    fresh = subprocess.run([sys.executable, "-c", "import torch\nfrom mclip_hbt.model import create_model\n"
-                            "torch.manual_seed(0)\nprint(float(create_model('tiny').logit_scale))"],
-                           env=_env(), capture_output=True, text=True, timeout=120)
-    assert abs(float(fresh.stdout) - float(one["logit_scale"])) > 1e-4
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        fresh = create_model("tiny").logit_scale.item()
+    assert abs(fresh - float(one["logit_scale"])) > 1e-4
 
 
 def _steps(run: Path) -> list[dict]:
@@ -100,7 +228,9 @@ def _steps(run: Path) -> list[dict]:
 def test_sigkill_and_resume_auto_matches_a_straight_run(shards, tmp_path):
     common = ["--train-data", str(shards), "--max-steps", "20", "--checkpoint-every", "10", "--workers", "1",
               "--log-every", "5"]
-    straight = _train(common + ["--output-dir", str(tmp_path / "straight")])
+    # Only the killed run needs a process of its own (SIGKILL); the straight run and the resumption are
+    # the same cli_main in this process, one thread as in the killed process.
+    straight = _train_in_process(common + ["--output-dir", str(tmp_path / "straight")])
     assert straight.returncode == 0, straight.stderr[-3000:]
 
     run = tmp_path / "killed"
@@ -114,7 +244,7 @@ def test_sigkill_and_resume_auto_matches_a_straight_run(shards, tmp_path):
     proc.wait()
     assert checkpoint.is_dir() and not (run / "model").exists()
 
-    resumed = _train(common + ["--output-dir", str(run), "--resume", "auto"])
+    resumed = _train_in_process(common + ["--output-dir", str(run), "--resume", "auto"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stderr
 
