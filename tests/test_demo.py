@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 import pytest
 
@@ -14,6 +15,7 @@ def demo_main():
     """``demo.main``, loaded from the repository root (demo.py is a script, not a package module)."""
     spec = importlib.util.spec_from_file_location("demo", REPO_ROOT / "demo.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules["demo"] = module  # its dataclasses look their module up while the class is made
     spec.loader.exec_module(module)
     return module.main
 
