@@ -94,8 +94,12 @@ def stage_train(run_dir: Path, data_dir: Path, config: Path, alpha: float, seed:
 def stage_eval(model: str, out: Path, langs: list[str], text_cache: Path, *, captions: Path | None = None,
                images: Path | None = None, dataset: str = "xtd10") -> Path:
     if out.is_file():
-        print(f"[demo] {out} exists, evaluation skipped", flush=True)
-        return out
+        scored = _load(out).get("meta", {}).get("languages")
+        if scored == langs:
+            print(f"[demo] {out} exists, evaluation skipped", flush=True)
+            return out
+        print(f"[demo] {out} scores other languages ({len(scored or [])}, not the {len(langs)} asked); "
+              "evaluating again", flush=True)
     cmd = [sys.executable, "-m", "eval.xtd", "--lang", ",".join(langs), "--model", model, "--out", str(out),
            "--dataset", dataset, "--text-cache", str(text_cache)]
     cmd += ["--captions", str(captions)] if captions else []
@@ -138,7 +142,7 @@ def untrained_baselines(out: Path, data_dir: Path, world: str, langs: list[str],
     """The untrained encoder, text-only: caption X → English R@1 on the world's first split and on XTD10."""
     folder = out.parent / "baselines"
     bench, split = next(iter(WORLDS[world].splits.items()))
-    results = {bench: stage_eval(BUNDLED_E5, folder / f"untrained_e5_{bench}_{len(langs)}langs_text.json", langs,
+    results = {bench: stage_eval(BUNDLED_E5, folder / f"untrained_e5_{bench}_text.json", langs,
                                  text_cache, captions=data_dir / split, dataset=bench)}
     if real_xtd:
         results["xtd10_text"] = stage_eval(BUNDLED_E5, folder / "untrained_e5_xtd10_text.json", list(XTD_LANGS),
