@@ -292,7 +292,7 @@ class MultilingualCLIP(nn.Module):
             (tmp / CONFIG_NAME).write_text(json.dumps(self.to_config_dict(), indent=2) + "\n")
             (tmp / PREPROCESS_NAME).write_text(json.dumps(dataclasses.asdict(self.preprocess_cfg), indent=2) + "\n")
             self.text.tokenizer.save_pretrained(tmp / TOKENIZER_DIR)
-            save_model(self, str(tmp / WEIGHTS_NAME))
+            save_model(self, str(tmp / WEIGHTS_NAME), force_contiguous=True)  # channels-last weights
         return directory
 
     @classmethod

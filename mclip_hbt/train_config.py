@@ -44,6 +44,9 @@ class TrainConfig:
     text_length_groups: int = _opt(1, "Run the text encoder in N length-sorted groups per batch: less padding, fewer "
                                    "FLOPs (helps on CPUs; 1 = one pass).")
     grad_checkpointing: bool = _opt(False, "Recompute activations in the backward pass to save memory.")
+    channels_last: bool = _opt(False, "Keep the image tower's weights and the pixels channels-last (NHWC): faster "
+                               "convolutions on CPUs and tensor cores (EfficientNet-Lite0's forward and backward take "
+                               "about a quarter less time on this project's 2-core CPU).")
     compile: bool = _opt(False, "torch.compile the model (dynamic shapes: captions are padded per batch).")
     # data
     train_data: str = _opt(None, "Training shards: brace patterns or directories; several sources joined by '::'.")

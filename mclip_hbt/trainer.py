@@ -194,6 +194,8 @@ def build_model(config: TrainConfig) -> MultilingualCLIP:
     if config.freeze_word_embeddings:
         model.freeze_word_embeddings()
     model.text.length_groups = config.text_length_groups
+    if config.channels_last:
+        model.visual.to(memory_format=torch.channels_last)
     if config.grad_checkpointing:
         model.visual.set_grad_checkpointing(True)
         model.text.transformer.gradient_checkpointing_enable()
@@ -344,7 +346,7 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, unwrapped: Multi
 
     def write_own_files() -> None:
         if main:
-            save_model(unwrapped, str(tmp / MODEL_FILE))
+            save_model(unwrapped, str(tmp / MODEL_FILE), force_contiguous=True)  # channels-last weights
             torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                         "scaler": None if accelerator.scaler is None else accelerator.scaler.state_dict(),
                         "training": state.state_dict()}, tmp / TRAIN_STATE_FILE)
@@ -456,7 +458,8 @@ def train_step(model, unwrapped: MultilingualCLIP, batch: dict, loss_fn: Contras
     if config.text_pair_weight > 0:  # translations ride in the same text forward pass (one DDP forward)
         captions += [c for c in batch["pair_captions"] if c is not None]
     tokens = unwrapped.tokenize(captions).to(accelerator.device)
-    images = batch["images"].to(accelerator.device, non_blocking=True)
+    images = batch["images"].to(accelerator.device, non_blocking=True,
+                                memory_format=torch.channels_last if config.channels_last else torch.preserve_format)
     with accelerator.autocast():
         out = model(images, tokens)
         n = images.shape[0]

@@ -226,8 +226,9 @@ def _steps(run: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_sigkill_and_resume_auto_matches_a_straight_run(shards, tmp_path):
+    # Channels-last weights (not contiguous) go through the checkpoint and the saved model too.
     common = ["--train-data", str(shards), "--max-steps", "20", "--checkpoint-every", "10", "--workers", "1",
-              "--log-every", "5"]
+              "--log-every", "5", "--channels-last"]
     # Only the killed run needs a process of its own (SIGKILL); the straight run and the resumption are
     # the same cli_main in this process, one thread as in the killed process.
     straight = _train_in_process(common + ["--output-dir", str(tmp_path / "straight")])
