@@ -32,6 +32,7 @@ import os
 import statistics
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,9 +61,15 @@ WORLDS = {
 DEMO_UNSEEN = ("ko", "hi", "ha", "xh", "yo", "zu", "ig", "mt")
 
 
-def run(cmd: list[str]) -> None:
-    print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, cwd=REPO_ROOT)
+def run(cmd: list[str], log: Path | None = None) -> None:
+    """Run one stage; with ``log``, its output is appended there (runs going at once would interleave)."""
+    print("+", " ".join(cmd) + (f"  > {log}" if log else ""), flush=True)
+    if log is None:
+        subprocess.run(cmd, check=True, cwd=REPO_ROOT)
+        return
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as sink:
+        subprocess.run(cmd, check=True, cwd=REPO_ROOT, stdout=sink, stderr=subprocess.STDOUT)
 
 
 def stage_inputs(out: Path, world: str, train_samples: int) -> Path:
@@ -77,7 +84,8 @@ def stage_inputs(out: Path, world: str, train_samples: int) -> Path:
     return data_dir
 
 
-def stage_train(run_dir: Path, data_dir: Path, config: Path, alpha: float, seed: int, steps: int | None) -> Path:
+def stage_train(run_dir: Path, data_dir: Path, config: Path, alpha: float, seed: int, steps: int | None,
+                log: Path | None = None) -> Path:
     model_dir = run_dir / "model"
     if (model_dir / "config.json").is_file():
         print(f"[demo] {model_dir} exists, training skipped", flush=True)
@@ -87,12 +95,12 @@ def stage_train(run_dir: Path, data_dir: Path, config: Path, alpha: float, seed:
            "--resume", "auto"]
     if steps is not None:
         cmd += ["--max-steps", str(steps)]
-    run(cmd)
+    run(cmd, log)
     return model_dir
 
 
 def stage_eval(model: str, out: Path, langs: list[str], text_cache: Path, *, captions: Path | None = None,
-               images: Path | None = None, dataset: str = "xtd10") -> Path:
+               images: Path | None = None, dataset: str = "xtd10", log: Path | None = None) -> Path:
     if out.is_file():
         scored = _load(out).get("meta", {}).get("languages")
         if scored == langs:
@@ -104,7 +112,7 @@ def stage_eval(model: str, out: Path, langs: list[str], text_cache: Path, *, cap
            "--dataset", dataset, "--text-cache", str(text_cache)]
     cmd += ["--captions", str(captions)] if captions else []
     cmd += ["--images", str(images), "--plot", str(out.with_suffix(".png"))] if images else ["--text-only"]
-    run(cmd)
+    run(cmd, log)
     return out
 
 
@@ -127,9 +135,10 @@ def world_languages(data_dir: Path, world: str, which: str) -> list[str]:
 
 
 def evaluate_run(run_dir: Path, model_dir: Path, data_dir: Path, world: str, langs: list[str], text_cache: Path,
-                 real_xtd: bool) -> dict[str, Path]:
+                 real_xtd: bool, log: Path | None = None) -> dict[str, Path]:
     results = {bench: stage_eval(str(model_dir), run_dir / "eval" / f"{bench}.json", langs, text_cache,
-                                 captions=data_dir / split, images=data_dir / split / "images", dataset=bench)
+                                 captions=data_dir / split, images=data_dir / split / "images", dataset=bench,
+                                 log=log)
                for bench, split in WORLDS[world].splits.items()}
     if real_xtd:
         results["xtd10_text"] = stage_eval(str(model_dir), run_dir / "eval" / "xtd10_text.json", list(XTD_LANGS),
@@ -138,12 +147,14 @@ def evaluate_run(run_dir: Path, model_dir: Path, data_dir: Path, world: str, lan
 
 
 def untrained_baselines(out: Path, data_dir: Path, world: str, langs: list[str], text_cache: Path,
-                        real_xtd: bool) -> dict[str, Path]:
-    """The untrained encoder, text-only: caption X → English R@1 on the world's first split and on XTD10."""
+                        real_xtd: bool, every_split: bool = False) -> dict[str, Path]:
+    """The untrained encoder, text-only: caption X → English R@1 on the world's first split (``every_split``:
+    on each; this also fills the text cache that every run with the frozen encoder reads) and on XTD10."""
     folder = out.parent / "baselines"
-    bench, split = next(iter(WORLDS[world].splits.items()))
+    splits = list(WORLDS[world].splits.items())
     results = {bench: stage_eval(BUNDLED_E5, folder / f"untrained_e5_{bench}_text.json", langs,
-                                 text_cache, captions=data_dir / split, dataset=bench)}
+                                 text_cache, captions=data_dir / split, dataset=bench)
+               for bench, split in (splits if every_split else splits[:1])}
     if real_xtd:
         results["xtd10_text"] = stage_eval(BUNDLED_E5, folder / "untrained_e5_xtd10_text.json", list(XTD_LANGS),
                                            text_cache)
@@ -223,12 +234,32 @@ def sweep(args: argparse.Namespace, data_dir: Path) -> None:
     out, world = args.out, args.world
     text_cache = out.parent / "cache" / "text_features"
     langs = world_languages(data_dir, world, args.eval_languages)
-    for alpha in args.alphas:
-        for seed in args.seeds:
-            run_dir = out / f"alpha{alpha:g}_seed{seed}"
-            model_dir = stage_train(run_dir, data_dir, WORLDS[world].config, alpha, seed, args.steps)
-            evaluate_run(run_dir, model_dir, data_dir, world, langs, text_cache, real_xtd=False)
-    baselines = untrained_baselines(out, data_dir, world, langs, text_cache, real_xtd=False)
+    # The untrained encoder first, with every core: it fills the text cache, which the runs then only read.
+    baselines = untrained_baselines(out, data_dir, world, langs, text_cache, real_xtd=False, every_split=True)
+    # Seed-major, so that a sweep stopped early holds whole alpha curves.
+    todo = [(alpha, seed) for seed in args.seeds for alpha in args.alphas]
+    if args.jobs > 1:  # the runs' processes split the cores (inherited by every stage they start)
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.jobs))
+
+    def train_and_evaluate(alpha: float, seed: int) -> None:
+        run_dir = out / f"alpha{alpha:g}_seed{seed}"
+        log = run_dir / "sweep.log" if args.jobs > 1 else None
+        model_dir = stage_train(run_dir, data_dir, WORLDS[world].config, alpha, seed, args.steps, log)
+        evaluate_run(run_dir, model_dir, data_dir, world, langs, text_cache, real_xtd=False, log=log)
+
+    failed = []
+    with ThreadPoolExecutor(args.jobs) as pool:
+        futures = {pool.submit(train_and_evaluate, alpha, seed): (alpha, seed) for alpha, seed in todo}
+        for done, future in enumerate(as_completed(futures), 1):
+            alpha, seed = futures[future]
+            error = future.exception()
+            if error is not None:
+                failed.append(f"alpha {alpha:g} seed {seed} ({error})")
+            print(f"[sweep] {done}/{len(todo)}: alpha {alpha:g} seed {seed} "
+                  f"{'failed' if error else 'done'}", flush=True)
+    if failed:  # every other run finished; re-running the sweep redoes only these
+        raise SystemExit("demo.py sweep: these runs failed, see their sweep.log or the output above: "
+                         + "; ".join(failed))
     report = [sys.executable, "-m", "eval.report", str(out), "--out", str(out / "report")]
     report += [arg for path in baselines.values() for arg in ("--baseline", str(path))]
     if world == "emoji":
@@ -303,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("--alphas", type=_alphas, default=[0.0, 0.25, 0.5, 0.75, 1.0], help="alphas to train")
             p.add_argument("--seeds", type=_ints, default=[0, 1, 2], help="seeds per alpha")
+            p.add_argument("--jobs", type=_positive_int, default=1,
+                           help="runs trained at once, each with cores / jobs threads and its output in "
+                                "RUN/sweep.log (small models on a few cores use the cores better that way)")
     return parser
 
 

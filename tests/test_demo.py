@@ -29,6 +29,7 @@ def files_under(folder):
     (["sweep", "--seeds", "0,x"], "--seeds"),
     (["run", "--alpha", "1.5"], "--alpha"),
     (["sweep", "--seeds", ","], "--seeds"),
+    (["sweep", "--jobs", "0"], "--jobs"),
     (["run", "--train-samples", "-5"], "--train-samples"),
     (["run", "--steps", "-1"], "--steps"),
     (["run", "--steps", "0"], "--steps"),  # refused, not silently replaced by the config's step count
