@@ -31,6 +31,11 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lang", nargs="+", default=["all"],
                         help="'all' (default) or language codes, space- or comma-separated "
                              "(jp and ja both mean Japanese)")
+    parser.add_argument("--pool-lang", nargs="+", default=["all"],
+                        help="languages of the multilingual pools and the targets of the cross-lingual matrix: "
+                             "'all' (default: every --lang) or some of the --lang codes; their cost grows with "
+                             "the square of their number (100 languages make 100,000-caption pools), so a run "
+                             "over many languages can score every language alone and pool a subset")
     parser.add_argument("--text-only", action="store_true",
                         help="only the settings that need no images (cross-lingual matrix, multilingual caption pool)")
     parser.add_argument("--translate-test", action="store_true",
@@ -92,6 +97,18 @@ def parse_languages(parser: argparse.ArgumentParser, spec: list[str], available:
     return langs
 
 
+def parse_pool_languages(parser: argparse.ArgumentParser, spec: list[str], langs: list[str]) -> list[str]:
+    """``--pool-lang`` as canonical codes in ``langs`` order; 'all' = ``langs``; codes outside ``--lang`` refused."""
+    try:
+        pool = set(parse_lang_list([code for item in spec for code in item.split(",")], default=langs))
+    except ValueError as e:
+        parser.error(f"--pool-lang: {e}")
+    outside = sorted(pool - set(langs))
+    if outside:
+        parser.error(f"--pool-lang: {', '.join(outside)} not among the --lang languages")
+    return [lang for lang in langs if lang in pool]
+
+
 def load_model_or_exit(parser: argparse.ArgumentParser, args: argparse.Namespace) -> RetrievalModel:
     try:
         model = load_retrieval_model(args.model, args.device)
@@ -111,7 +128,8 @@ def evaluate_or_exit(parser: argparse.ArgumentParser, args: argparse.Namespace, 
         return evaluate_split(split, model, langs=langs, image_paths=image_paths, translate_test=args.translate_test,
                               batch_size=args.batch_size, image_batch_size=args.image_batch_size,
                               num_workers=args.num_workers, device=args.device, progress=not args.no_progress,
-                              text_cache=TextFeatureCache(args.text_cache) if args.text_cache else None)
+                              text_cache=TextFeatureCache(args.text_cache) if args.text_cache else None,
+                              pool_langs=[lang for lang in langs if lang in args.pool_langs])
     except NonFiniteEmbeddingsError as e:
         parser.exit(1, f"{parser.prog}: error: --model {args.model}: {e}\n")
 
@@ -136,7 +154,8 @@ def train_meta(model: RetrievalModel) -> dict | None:
 def run_meta(args: argparse.Namespace, model: RetrievalModel, benchmark: str, langs: list[str], n_images: int | dict,
              unreadable_images: list[Path], started: float) -> dict:
     meta = {"benchmark": benchmark, "model": args.model, "model_name": model.name, "pretrained": model.pretrained,
-            "languages": langs, "n_images": n_images, "n_unreadable_images": len(unreadable_images),
+            "languages": langs, "pool_languages": args.pool_langs, "n_images": n_images,
+            "n_unreadable_images": len(unreadable_images),
             "unreadable_images": [str(p) for p in unreadable_images], "device": str(args.device),
             "seconds": round(time.perf_counter() - started, 2), "date": now_iso(), "versions": package_versions(),
             "text_only": bool(args.text_only), "translate_test": bool(args.translate_test),

@@ -35,13 +35,15 @@ def _monolingual_captions(split: RetrievalSplit, lang: str, translate_test: bool
 def evaluate_split(split: RetrievalSplit, model: RetrievalModel, *, langs: list[str], image_paths: list[Path] | None,
                    translate_test: bool = False, batch_size: int = 256, image_batch_size: int = 64,
                    num_workers: int = 2, device: str | torch.device = "cpu", progress: bool = True,
-                   text_cache: TextFeatureCache | None = None) -> SplitResult:
+                   text_cache: TextFeatureCache | None = None, pool_langs: list[str] | None = None) -> SplitResult:
     """Score ``langs`` of ``split``. ``image_paths=None`` runs only the caption-to-caption settings;
     ``translate_test`` runs only the image–text settings; ``text_cache`` supplies and keeps the text
-    encoder's outputs. Raises
+    encoder's outputs; ``pool_langs`` (default: ``langs``) are the languages of the multilingual pools
+    and the targets of the cross-lingual matrix, whose cost grows with the square of their number. Raises
     :class:`~eval.metrics.NonFiniteEmbeddingsError` when the model's embeddings hold NaN or infinite values."""
     mono = {lang: _monolingual_captions(split, lang, translate_test) for lang in langs} if image_paths else {}
     aligned = {} if translate_test else {lang: split.aligned[lang] for lang in langs}
+    pool_langs = langs if pool_langs is None else pool_langs
 
     texts = list(dict.fromkeys([c for caps in mono.values() for image in caps for c in image]
                                + [c for caps in aligned.values() for c in caps]))
@@ -65,9 +67,10 @@ def evaluate_split(split: RetrievalSplit, model: RetrievalModel, *, langs: list[
                                                                          unreadable)
             records.append({"dataset": split.dataset, "model": model.name, "pretrained": model.pretrained,
                             "task": "zeroshot_retrieval", "language": lang, "metrics": recalls})
-        if aligned_emb:
-            summary["multilingual_image"] = settings.multilingual_image(image_emb, aligned_emb, device, unreadable)
-    if len(aligned_emb) >= 2:
-        summary["crosslingual"] = settings.crosslingual(aligned_emb, device)
-        summary["multilingual_text"] = settings.multilingual_text(aligned_emb, device)
+    pool_emb = {lang: e for lang, e in aligned_emb.items() if lang in pool_langs}
+    if image_paths and pool_emb:
+        summary["multilingual_image"] = settings.multilingual_image(image_emb, pool_emb, device, unreadable)
+    if len(pool_emb) >= 2:
+        summary["crosslingual"] = settings.crosslingual(aligned_emb, device, targets=pool_emb.keys())
+        summary["multilingual_text"] = settings.multilingual_text(pool_emb, device)
     return SplitResult(records, summary, unreadable_paths)

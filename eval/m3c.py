@@ -36,6 +36,7 @@ from .cli_common import (
     evaluate_or_exit,
     load_model_or_exit,
     parse_languages,
+    parse_pool_languages,
     run_meta,
 )
 from .plots import language_panel, plot_language_panels
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--parts: choose from {', '.join(PARTS)}")
     all_langs = list(dict.fromkeys(lang for p in parts for lang in PART_LANGS[p]))
     langs = parse_languages(parser, args.lang, all_langs)
+    args.pool_langs = parse_pool_languages(parser, args.pool_lang, langs)
     part_langs = {p: [lang for lang in langs if lang in PART_LANGS[p]] for p in parts}
     part_langs = {p: ls for p, ls in part_langs.items() if len(ls) >= (2 if args.text_only else 1)}
     if not part_langs:

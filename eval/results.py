@@ -120,7 +120,7 @@ def format_summary(summary: dict, langs: list[str], title: str) -> str:
     for lang in langs:
         m = mono.get(lang, {})
         to_pivot = cross["r@1"][lang].get(pivot) if cross and lang != pivot else None
-        pool = text_pool["per_language"][lang] if text_pool else None
+        pool = text_pool["per_language"].get(lang) if text_pool else None  # None: not a --pool-lang
         lines.append(
             f"{lang:<5} {_pct(m.get('t2i_r@1')):>6} {_pct(m.get('t2i_r@5')):>6} {_pct(m.get('t2i_r@10')):>6} "
             f"{_pct(m.get('i2t_r@1')):>6} {_pct(m.get('i2t_r@5')):>6} {_pct(m.get('i2t_r@10')):>6} "

@@ -11,6 +11,8 @@ Each function returns plain floats in the shape of the result JSON's ``summary``
 """
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 
 from .metrics import (
@@ -40,15 +42,17 @@ def monolingual(text_emb: torch.Tensor, text_image_index: torch.Tensor, image_em
     return recalls, summary
 
 
-def crosslingual(aligned: dict[str, torch.Tensor], device: str | torch.device = "cpu") -> dict[str, dict]:
-    """R@1 and mAP (= mean reciprocal rank: one counterpart per caption) for every ordered pair X≠Y."""
+def crosslingual(aligned: dict[str, torch.Tensor], device: str | torch.device = "cpu",
+                 targets: Collection[str] | None = None) -> dict[str, dict]:
+    """R@1 and mAP (= mean reciprocal rank: one counterpart per caption) for every ordered pair X≠Y;
+    ``targets``: only those Y (every language is still a query X)."""
     r1: dict[str, dict[str, float]] = {}
     m_ap: dict[str, dict[str, float]] = {}
     for x, qx in aligned.items():
         ids = torch.arange(len(qx))
         r1[x], m_ap[x] = {}, {}
         for y, iy in aligned.items():
-            if x == y:
+            if x == y or (targets is not None and y not in targets):
                 continue
             ranks = relevant_ranks(qx, iy, ids, ids, device=device)
             r1[x][y] = recall_at_k(ranks, 1)

@@ -22,6 +22,7 @@ from .cli_common import (
     evaluate_or_exit,
     load_model_or_exit,
     parse_languages,
+    parse_pool_languages,
     run_meta,
 )
 from .plots import language_panel, plot_language_panels
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     except BenchmarkDataError as e:
         parser.error(f"--captions: {e}")
     langs = parse_languages(parser, args.lang, available)
+    args.pool_langs = parse_pool_languages(parser, args.pool_lang, langs)
     if args.text_only and len(langs) < 2:
         parser.error("--text-only settings compare languages: give at least two with --lang")
     if not args.text_only and args.images is None:

@@ -14,6 +14,7 @@ from data_recipes.synth_scenes import generate
 from eval import xtd
 from eval.benchmark_data import load_xtd_split
 from mclip_hbt.languages import XTD_LANGS
+from mclip_hbt.model import create_model
 from mclip_hbt.paths import REPO_ROOT
 
 SUMMARY_KEYS = {"monolingual", "crosslingual", "multilingual_image", "multilingual_text"}
@@ -76,6 +77,28 @@ def test_text_only_accepts_jp_and_keeps_the_order_given(synth_split, tmp_path, c
     assert set(doc["summary"]["crosslingual"]["map"]) == {"ja", "en"}
 
 
+def test_pool_languages_bound_the_pools_and_the_crosslingual_targets(synth_split, tmp_path):
+    langs, pool = ["en", "de", "fr", "ja"], ["en", "de"]
+    model = create_model("tiny").save_pretrained(tmp_path / "tiny")  # one set of weights for the three runs
+    args = ["--model", str(model), "--images", str(synth_split), "--captions", str(synth_split), "--no-progress"]
+    whole, part, small = tmp_path / "whole.json", tmp_path / "part.json", tmp_path / "small.json"
+    assert xtd.main(["--lang", ",".join(langs), "--out", str(whole), *args]) == 0
+    assert xtd.main(["--lang", ",".join(langs), "--pool-lang", "de,en", "--out", str(part), *args]) == 0
+    assert xtd.main(["--lang", ",".join(pool), "--out", str(small), *args]) == 0
+    whole, part, small = (json.loads(p.read_text()) for p in (whole, part, small))
+    assert part["meta"]["pool_languages"] == pool and whole["meta"]["pool_languages"] == langs
+    # Every language is still scored alone and is still a cross-lingual query, into the pool languages only.
+    assert part["summary"]["monolingual"] == whole["summary"]["monolingual"]
+    assert {x: set(row) for x, row in part["summary"]["crosslingual"]["r@1"].items()} == \
+        {x: set(pool) - {x} for x in langs}
+    assert part["summary"]["crosslingual"]["r@1"]["ja"] == {y: whole["summary"]["crosslingual"]["r@1"]["ja"][y]
+                                                            for y in pool}
+    # The pools are those of a run over the pool languages alone.
+    for setting in ("multilingual_image", "multilingual_text"):
+        assert part["summary"][setting] == small["summary"][setting]
+        assert part["summary"][setting] != whole["summary"][setting]
+
+
 def test_translate_test_scores_english_captions_for_every_language(synth_split, tmp_path):
     out = tmp_path / "tt.json"
     assert xtd.main(["--lang", "en,de,ko", "--translate-test", "--model", "tiny", "--images", str(synth_split),
@@ -118,6 +141,8 @@ def test_unknown_and_absent_languages_are_refused(synth_split, capsys):
                        "--lang", "unknown language code 'xx'")
     exits_with_message(["--lang", "en,cs", "--text-only", "--captions", str(synth_split)], capsys,
                        "--lang", "no captions for cs")
+    exits_with_message(["--lang", "en,de", "--pool-lang", "en,fr", "--text-only", "--captions", str(synth_split)],
+                       capsys, "--pool-lang", "fr not among the --lang languages")
 
 
 def test_text_encoder_without_images_needs_text_only(synth_split, capsys):
