@@ -261,8 +261,8 @@ def sweep(args: argparse.Namespace, data_dir: Path) -> None:
         evaluate_run(run_dir, model_dir, data_dir, world, langs, text_cache, real_xtd=False, pool=pool, log=log)
 
     failed = []
-    with ThreadPoolExecutor(args.jobs) as pool:
-        futures = {pool.submit(train_and_evaluate, alpha, seed): (alpha, seed) for alpha, seed in todo}
+    with ThreadPoolExecutor(args.jobs) as executor:
+        futures = {executor.submit(train_and_evaluate, alpha, seed): (alpha, seed) for alpha, seed in todo}
         for done, future in enumerate(as_completed(futures), 1):
             alpha, seed = futures[future]
             error = future.exception()

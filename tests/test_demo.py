@@ -1,8 +1,13 @@
-"""demo.py's command line refuses bad values before any stage runs."""
+"""demo.py's command line refuses bad values before any stage runs; the sweep asks its stages for every run."""
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+import subprocess
 import sys
+import threading
+from pathlib import Path
 
 import pytest
 
@@ -11,13 +16,18 @@ from mclip_hbt.paths import REPO_ROOT
 
 
 @pytest.fixture(scope="module")
-def demo_main():
-    """``demo.main``, loaded from the repository root (demo.py is a script, not a package module)."""
+def demo_module():
+    """demo.py, loaded from the repository root (it is a script, not a package module)."""
     spec = importlib.util.spec_from_file_location("demo", REPO_ROOT / "demo.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules["demo"] = module  # its dataclasses look their module up while the class is made
     spec.loader.exec_module(module)
-    return module.main
+    return module
+
+
+@pytest.fixture(scope="module")
+def demo_main(demo_module):
+    return demo_module.main
 
 
 def files_under(folder):
@@ -54,3 +64,50 @@ def test_data_made_with_other_settings_is_refused_naming_the_setting(demo_main, 
     assert exit_info.value.code == 2
     assert "--train-samples" in err and "train_samples: 20 there, 30 asked" in err
     assert files_under(tmp_path) == before
+
+
+def test_a_sweep_with_parallel_jobs_trains_then_evaluates_every_run(demo_module, tmp_path, capsys, monkeypatch):
+    # train.py, eval.xtd and eval.report are tested on their own; a recorder stands in for their processes
+    # here, to check what the sweep asks of them: every alpha x seed trained, then evaluated with the pooled
+    # languages, each run's output in its own log, the cores split, and a failed run reported without
+    # stopping the others.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "unset by the test")  # restored after the test
+    calls, lock = [], threading.Lock()
+
+    def recorded_stage(cmd, log=None):
+        with lock:
+            calls.append((cmd, log))
+        if cmd[1].endswith("train.py"):
+            run_dir = Path(cmd[cmd.index("--output-dir") + 1])
+            if run_dir.name == "alpha1_seed1":
+                raise subprocess.CalledProcessError(1, cmd)
+            (run_dir / "model").mkdir(parents=True)
+            (run_dir / "model" / "config.json").write_text("{}")
+        elif cmd[2] == "eval.xtd":
+            out = Path(cmd[cmd.index("--out") + 1])
+            out.parent.mkdir(parents=True, exist_ok=True)
+            langs, pool = (cmd[cmd.index(flag) + 1].split(",") for flag in ("--lang", "--pool-lang"))
+            out.write_text(json.dumps({"meta": {"languages": langs, "pool_languages": pool}}))
+
+    monkeypatch.setattr(demo_module, "run", recorded_stage)
+    generate(tmp_path / "data" / "synth", train_samples=20, test_samples=1000, image_size=64, seed=0,
+             progress=False)  # the demo's data settings, 20 training images
+    out = tmp_path / "sweep"
+    with pytest.raises(SystemExit) as exit_info:
+        demo_module.main(["sweep", "--world", "synth", "--train-samples", "20", "--alphas", "0,1", "--seeds", "0,1",
+                          "--jobs", "2", "--out", str(out)])
+    assert "alpha 1 seed 1 (" in str(exit_info.value.code) and "alpha 0 seed" not in str(exit_info.value.code)
+    assert capsys.readouterr().out.count("[sweep] ") == 4
+    assert os.environ["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
+
+    trained = [Path(cmd[cmd.index("--output-dir") + 1]).name for cmd, _ in calls if cmd[1].endswith("train.py")]
+    assert sorted(trained) == ["alpha0_seed0", "alpha0_seed1", "alpha1_seed0", "alpha1_seed1"]
+    assert set(trained[:2]) == {"alpha0_seed0", "alpha1_seed0"}  # seed-major: whole alpha curves first
+    for name in ("alpha0_seed0", "alpha0_seed1", "alpha1_seed0"):
+        run_calls = [(cmd, log) for cmd, log in calls if str(out / name) in " ".join(cmd)]
+        assert [cmd[1].endswith("train.py") for cmd, _ in run_calls] == [True, False]  # trained, then evaluated
+        assert {log for _, log in run_calls} == {out / name / "sweep.log"}
+        evaluation = run_calls[1][0]
+        assert evaluation[evaluation.index("--pool-lang") + 1] == evaluation[evaluation.index("--lang") + 1]
+    assert not any(str(out / "alpha1_seed1" / "eval") in " ".join(cmd) for cmd, _ in calls)
