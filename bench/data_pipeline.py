@@ -25,9 +25,9 @@ import numpy as np
 from PIL import Image, features
 from tqdm import tqdm
 
-from data_recipes.shards import CaptionShardWriter
 from eval.results import machine_info
 from mclip_hbt.paths import REPO_ROOT
+from mclip_hbt.shards import CaptionShardWriter
 
 # open_clip_train.data also imports pandas (for CSV datasets), which our venv lacks; the rest of what
 # both need (numpy, dateutil, tzdata, braceexpand, pyyaml) comes from our venv, hence --no-deps

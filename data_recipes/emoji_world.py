@@ -45,7 +45,6 @@ import numpy as np
 from babel.lists import format_list
 from PIL import Image, ImageDraw, ImageFont
 
-from data_recipes.shards import CaptionShardWriter
 from data_recipes.worlds import (
     add_world_arguments,
     at_least,
@@ -59,6 +58,7 @@ from data_recipes.worlds import (
 from mclip_hbt.fileio import check_output_dir, write_json_atomic
 from mclip_hbt.languages import PRETRAINING_SOURCE, canonical_lang, language_name, parse_lang_list, pretraining_status
 from mclip_hbt.paths import shared_data_dir
+from mclip_hbt.shards import CaptionShardWriter
 
 HIGH_RESOURCE = ("en", "de", "fr", "es", "zh", "ja", "ru", "ar", "pt", "it")
 LOW_RESOURCE = ("sw", "am", "km", "ne", "te", "my", "cy", "is", "fil", "so")

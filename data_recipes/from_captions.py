@@ -28,9 +28,9 @@ from tqdm import tqdm
 
 from data_recipes.caption_files import CaptionFileError, read_aligned_captions
 from data_recipes.images import PIL_FORMATS, ImageFinder, encode_image
-from data_recipes.shards import CaptionShardWriter
 from mclip_hbt.fileio import OutputError, check_output_dir, parse_json, write_text_atomic
 from mclip_hbt.languages import canonical_lang, parse_lang_list
+from mclip_hbt.shards import CaptionShardWriter
 
 #: One input sample: image name, captions per language, machine-translated languages.
 Entry = tuple[str, dict[str, list[str]], set[str]]

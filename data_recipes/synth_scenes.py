@@ -32,7 +32,6 @@ from data_recipes.scene_grammar import (
     num_templates,
     render_caption,
 )
-from data_recipes.shards import CaptionShardWriter
 from data_recipes.worlds import (
     add_world_arguments,
     at_least,
@@ -45,6 +44,7 @@ from data_recipes.worlds import (
 )
 from mclip_hbt.fileio import OutputError, check_output_dir
 from mclip_hbt.languages import XTD_LANGS
+from mclip_hbt.shards import CaptionShardWriter
 
 #: Resource profiles: the fraction of training images that carry captions in each language
 #: (a language left out never appears in training). Add your own here or pass one as JSON.

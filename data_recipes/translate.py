@@ -29,10 +29,10 @@ import torch
 from braceexpand import braceexpand
 from tqdm import tqdm
 
-from data_recipes.shards import CaptionShardWriter, ShardSample
 from mclip_hbt.data import FaultCounter, parse_sample, read_tar_samples
 from mclip_hbt.fileio import OutputError, check_output_dir, parse_json
 from mclip_hbt.languages import canonical_lang, parse_lang_list
+from mclip_hbt.shards import CaptionShardWriter, ShardSample
 
 #: ISO 639-1 → NLLB-200 (FLORES-200) code, for every language the project knows.
 NLLB_CODES: dict[str, str] = {

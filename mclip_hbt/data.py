@@ -1,4 +1,4 @@
-"""Streaming loader for caption shards (``data_recipes.shards`` format) that yields chunks of samples.
+"""Streaming loader for caption shards (``mclip_hbt.shards`` format) that yields chunks of samples.
 
 The pipeline follows open_clip's ``get_wds_dataset``: brace-expanded shard lists, several sources
 joined by ``::``, an epoch-seeded shard shuffle before splitting by rank and by DataLoader worker,
@@ -69,10 +69,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
-from data_recipes.shards import IMAGE_EXTS
 from mclip_hbt.fileio import parse_json
 from mclip_hbt.images import ImageError, open_image
 from mclip_hbt.languages import canonical_lang
+from mclip_hbt.shards import IMAGE_EXTS
 
 logger = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ def epoch_length(shards: Sequence[Shard], *, resampled: bool, samples_per_epoch:
             raise DataOptionError("samples_per_epoch", "samples_per_epoch sets the epoch length of resampled mode only")
         if missing:
             raise DataOptionError("urls", f"no sample count for {missing[0]} ({len(missing)} shards): a non-resampled "
-                                          "epoch is planned from sizes.json beside the shards (data_recipes.shards "
+                                          "epoch is planned from sizes.json beside the shards (mclip_hbt.shards "
                                           "writes it)")
         return None
     if samples_per_epoch is None:

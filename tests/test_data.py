@@ -15,10 +15,10 @@ import pytest
 import torchvision.transforms as T
 from PIL import Image
 
-from data_recipes.shards import CaptionShardWriter
 from mclip_hbt.data import SKIP_REASONS, build_loader, build_sample_pipeline
 from mclip_hbt.fileio import write_json_atomic
 from mclip_hbt.paths import REPO_ROOT
+from mclip_hbt.shards import CaptionShardWriter
 
 TO_TENSOR = T.ToTensor()
 

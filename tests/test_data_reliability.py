@@ -17,10 +17,10 @@ import pytest
 from PIL import Image
 
 from data_recipes.from_captions import main as from_captions
-from data_recipes.shards import CaptionShardWriter
 from data_recipes.synth_scenes import main as synth_scenes
 from mclip_hbt.data import build_sample_pipeline
 from mclip_hbt.paths import REPO_ROOT
+from mclip_hbt.shards import CaptionShardWriter
 
 NESTED_JSON = b"[" * 200000
 

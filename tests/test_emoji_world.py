@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 
 from data_recipes import emoji_world as ew
-from data_recipes.shards import iter_shard
 from eval import xtd
 from mclip_hbt.languages import canonical_lang
 from mclip_hbt.paths import REPO_ROOT
+from mclip_hbt.shards import iter_shard
 
 TRAIN_SAMPLES = 1200
 # A few languages besides the profile's, among them three outside XLM-R's pre-training.
