@@ -25,7 +25,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip.factory import load_state_dict
-from open_clip.model import CLIPVisionCfg, _build_vision_tower
+from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from open_clip.pretrained import download_pretrained, get_pretrained_cfg
 from open_clip.transform import PreprocessCfg, image_transform
 from safetensors import SafetensorError
@@ -133,6 +133,14 @@ def resolve_vision_cfg(config: MultilingualCLIPConfig) -> tuple[int, dict]:
     return config.embed_dim or arch["embed_dim"], vision
 
 
+def build_image_tower(embed_dim: int, vision_cfg: dict) -> nn.Module:
+    """open_clip's image tower for ``vision_cfg`` (a ViT, a ResNet or a timm model), built by its public
+    ``CLIP`` class: open_clip has no public builder for the image tower alone. The stub text tower built
+    beside it (a few hundred parameters) is dropped with the rest of that CLIP."""
+    stub_text = CLIPTextCfg(context_length=2, vocab_size=2, width=8, heads=1, layers=1)
+    return CLIP(embed_dim, vision_cfg, stub_text).visual
+
+
 def _load_vision_weights(visual: nn.Module, arch: str, pretrained: str) -> dict:
     """Load ``pretrained`` (a tag of ``arch`` or a checkpoint file with ``visual.*`` weights) into the
     image tower ``visual``; returns the preprocessing those weights were trained with."""
@@ -170,7 +178,7 @@ class MultilingualCLIP(nn.Module):
         self.config = config
         embed_dim, vision_cfg = resolve_vision_cfg(config)
         self.embed_dim, self.vision_cfg = embed_dim, vision_cfg
-        self.visual = _build_vision_tower(embed_dim, vision_cfg)
+        self.visual = build_image_tower(embed_dim, vision_cfg)
         preprocess = {}
         if load_vision_weights and config.vision_pretrained:
             preprocess = _load_vision_weights(self.visual, config.vision_model, config.vision_pretrained)
