@@ -76,6 +76,14 @@ class SaveError(RuntimeError):
     """A checkpoint or the final model could not be written; the message says what was kept."""
 
 
+class SetupError(Exception):
+    """An option, the data, a checkpoint to resume or the output folder was refused before the first step."""
+
+
+class TrainingStopped(Exception):
+    """A stop (SIGTERM, SIGINT) ended the run; the message says which step ``--resume auto`` continues from."""
+
+
 class TrainingState:
     """Counters that a checkpoint must restore beyond model/optimizer/scheduler/RNG."""
 
@@ -503,10 +511,6 @@ def train(config: TrainConfig) -> Path:
     logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     rank, world = accelerator.process_index, accelerator.num_processes
-    config.validate(world)
-    set_seed(config.seed)
-    local_batch = config.batch_size // world
-
     lock: OutputLock | None = None
 
     def claim_output_dir() -> Path | None:
@@ -519,48 +523,60 @@ def train(config: TrainConfig) -> Path:
 
     stop: StopRequested | None = None
     try:
-        resume_from = on_main(accelerator, claim_output_dir)
-        model = unwrapped = build_model(config)
-        if accelerator.is_main_process:
-            logger.info("parameters:\n%s", model.describe_parameters())
-        on_main(accelerator, lambda: _check_room_for_model(unwrapped, output_dir))
-        optimizer = build_optimizer(model, config, accelerator.device)
-        scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
-        # The scheduler is not prepare()d: a prepared scheduler steps once per process, we step once per optimizer step.
-        model, optimizer = accelerator.prepare(model, optimizer)
-        if config.compile:
-            model = torch.compile(model, dynamic=True)
-        state = TrainingState()
+        # Setup: what fails here is the caller's input (an option, the data, the output folder, a checkpoint
+        # to resume) and becomes SetupError; a failure once the steps run is a fault and keeps its type.
+        try:
+            config.validate(world)
+            set_seed(config.seed)
+            resume_from = on_main(accelerator, claim_output_dir)
+            model = unwrapped = build_model(config)
+            if accelerator.is_main_process:
+                logger.info("parameters:\n%s", model.describe_parameters())
+            on_main(accelerator, lambda: _check_room_for_model(unwrapped, output_dir))
+            optimizer = build_optimizer(model, config, accelerator.device)
+            scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
+            # The scheduler is not prepare()d: a prepared scheduler steps once per process, we step once per
+            # optimizer step.
+            model, optimizer = accelerator.prepare(model, optimizer)
+            if config.compile:
+                model = torch.compile(model, dynamic=True)
+            state = TrainingState()
 
-        image_size = unwrapped.preprocess_cfg.size
-        loader = build_loader(config.train_data, unwrapped.train_preprocess, weights=config.train_data_weights,
-                              chunk_size=config.chunk_size, num_workers=config.workers, resampled=config.resampled,
-                              seed=config.seed, rank=rank, world_size=world, shuffle_buffer=config.shuffle_buffer,
-                              samples_per_epoch=config.samples_per_epoch,
-                              draft_size=image_size if isinstance(image_size, int) else None)
-        batcher = HybridBatcher(
-            HybridConfig(alpha=config.alpha, lang_distribution=config.lang_distribution, temperature=config.temperature,
-                         languages=config.language_list, text_pair_weight=config.text_pair_weight, seed=config.seed,
-                         max_buffered_samples=config.max_buffered_samples, fallback_after=config.fallback_after),
-            local_batch_size=local_batch, world_size=world, lang_counts=config.dataset_lang_counts())
-        loss_fn = ContrastiveLoss(kind=config.loss, text_pair_weight=config.text_pair_weight)
+            image_size = unwrapped.preprocess_cfg.size
+            loader = build_loader(config.train_data, unwrapped.train_preprocess, weights=config.train_data_weights,
+                                  chunk_size=config.chunk_size, num_workers=config.workers, resampled=config.resampled,
+                                  seed=config.seed, rank=rank, world_size=world, shuffle_buffer=config.shuffle_buffer,
+                                  samples_per_epoch=config.samples_per_epoch,
+                                  draft_size=image_size if isinstance(image_size, int) else None)
+            batcher = HybridBatcher(
+                HybridConfig(alpha=config.alpha, lang_distribution=config.lang_distribution,
+                             temperature=config.temperature, languages=config.language_list,
+                             text_pair_weight=config.text_pair_weight, seed=config.seed,
+                             max_buffered_samples=config.max_buffered_samples, fallback_after=config.fallback_after),
+                local_batch_size=config.batch_size // world, world_size=world,
+                lang_counts=config.dataset_lang_counts())
+            loss_fn = ContrastiveLoss(kind=config.loss, text_pair_weight=config.text_pair_weight)
 
-        if resume_from is not None:
-            load_checkpoint(resume_from, accelerator, unwrapped, optimizer, scheduler, state, loader, batcher)
-            logger.info("resumed from %s at step %d", resume_from, state.step)
-        last_saved = state.step if resume_from is not None else None
+            if resume_from is not None:
+                load_checkpoint(resume_from, accelerator, unwrapped, optimizer, scheduler, state, loader, batcher)
+                logger.info("resumed from %s at step %d", resume_from, state.step)
+            last_saved = state.step if resume_from is not None else None
 
-        def checkpoint() -> None:
-            nonlocal last_saved
-            save_checkpoint(accelerator, output_dir, unwrapped, optimizer, scheduler, state,
-                            {"loader": loader.state_dict(), "batcher": batcher.state_dict()}, config.keep_checkpoints)
-            last_saved = state.step
+            def checkpoint() -> None:
+                nonlocal last_saved
+                save_checkpoint(accelerator, output_dir, unwrapped, optimizer, scheduler, state,
+                                {"loader": loader.state_dict(), "batcher": batcher.state_dict()},
+                                config.keep_checkpoints)
+                last_saved = state.step
 
-        if accelerator.is_main_process:
-            write_text_atomic(output_dir / "train_config.json", json.dumps(vars(config), indent=2, default=str) + "\n")
-        if config.report_to != "none":
-            accelerator.init_trackers("mclip_hbt", config={k: v for k, v in vars(config).items()
-                                                           if isinstance(v, (int, float, str, bool))})
+            if accelerator.is_main_process:
+                write_text_atomic(output_dir / "train_config.json",
+                                  json.dumps(vars(config), indent=2, default=str) + "\n")
+            if config.report_to != "none":
+                accelerator.init_trackers("mclip_hbt", config={k: v for k, v in vars(config).items()
+                                                               if isinstance(v, (int, float, str, bool))})
+        except (ModelUnavailableError, ValueError) as err:
+            raise SetupError(str(err)) from err
 
         stop = StopRequested()
         step_log = open_step_log(output_dir / STEP_LOG, state.step) if accelerator.is_main_process else None
@@ -578,10 +594,9 @@ def train(config: TrainConfig) -> Path:
                 agree_on_batch(accelerator, problem)
             except StopWhileWaiting:
                 kept = f"step {last_saved}" if last_saved is not None else "the start (no checkpoint yet)"
-                logger.warning("stop requested while waiting for data: exiting without a new checkpoint; "
-                               "--resume auto continues from %s", kept)
                 accelerator.end_training()
-                sys.exit(143)
+                raise TrainingStopped(f"stop requested while waiting for data: no new checkpoint; --resume auto "
+                                      f"continues from {kept}") from None
             losses, logit_scale = train_step(model, unwrapped, batch, loss_fn, optimizer, accelerator, config, state)
             scheduler.step()
             if accelerator.is_main_process:
@@ -610,9 +625,9 @@ def train(config: TrainConfig) -> Path:
             if periodic or stop_now:
                 checkpoint()
             if stop_now:
-                logger.warning("stop requested: checkpoint written at step %d; resume with --resume auto", state.step)
                 accelerator.end_training()
-                sys.exit(143)
+                raise TrainingStopped(f"stop requested: checkpoint written at step {state.step}; resume with "
+                                      "--resume auto")
         progress.close()
         if step_log is not None:
             step_log.close()
@@ -669,10 +684,14 @@ def cli_main(argv: list[str] | None = None) -> None:
     config = parse_config(argv, num_processes=num_processes)
     try:
         train(config)
-    except (ModelUnavailableError, ValueError) as err:
+    except (SetupError, NoUsableData) as err:  # the input, not the program: one line, exit 2 like a bad flag
         _exit_with(err, 2)
     except SaveError as err:
         _exit_with(err, 1)
+    except TrainingStopped as stopped:  # 128 + SIGTERM, what a scheduler expects of a run it stopped
+        if int(os.environ.get("RANK", "0")) == 0:
+            logger.warning("%s", stopped)
+        sys.exit(143)
 
 
 def _exit_with(err: Exception, code: int) -> None:

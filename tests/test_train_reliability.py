@@ -24,12 +24,12 @@ import torchvision.transforms as T
 from PIL import Image
 from test_train import ACCELERATE_2CPU, TINY, TRAIN_PY, _env, _train, _train_in_process
 
-from data_recipes.shards import CaptionShardWriter
 from data_recipes.synth_scenes import generate
 from mclip_hbt import trainer
 from mclip_hbt.data import build_loader
 from mclip_hbt.fileio import write_json_atomic
 from mclip_hbt.paths import REPO_ROOT
+from mclip_hbt.shards import CaptionShardWriter
 from mclip_hbt.trainer import open_step_log
 
 # A small local batch keeps every run short: one 16-sample chunk fills two steps.
@@ -143,6 +143,23 @@ def test_a_run_without_usable_data_ends_with_one_message(synth, tmp_path, make_d
     message = next(line for line in result.stderr.splitlines() if "no usable training data" in line)
     assert str(data) in message and "a whole epoch" in message and faults in message
     assert "epoch 1 data" not in result.stderr  # it gave up after the first epoch, not 148,264 later
+
+
+def test_a_fault_once_the_steps_run_keeps_its_traceback(synth, tmp_path):
+    # A ValueError raised while training is the program's fault, not a bad option: the traceback and exit
+    # status 1 of any uncaught exception, never "train.py: error: ..." with the exit status 2 of a bad flag.
+    inject = ("import sys\nfrom mclip_hbt import trainer\nreal_step = trainer.train_step\n"
+              "def failing_step(*args):\n"
+              "    if args[-1].step == 3:\n"
+              "        raise ValueError('injected fault at step 3')\n"
+              "    return real_step(*args)\n"
+              "trainer.train_step = failing_step\ntrainer.cli_main(sys.argv[1:])\n")
+    proc = subprocess.run([sys.executable, "-c", inject, "--config", TINY, "--report-to", "none", "--train-data",
+                           str(synth), "--output-dir", str(tmp_path / "run"), "--max-steps", "6", *SMALL],
+                          env=_env(), capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" in proc.stderr and "ValueError: injected fault at step 3" in proc.stderr
+    assert "train.py: error" not in proc.stderr
 
 
 def test_shards_that_hold_no_samples_are_refused_before_the_model_is_built(tmp_path, monkeypatch, capsys):
