@@ -211,8 +211,12 @@ def test_two_process_step_equals_one_process_step(tmp_path):
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     assert (one["world_size"], two["world_size"]) == (1, 2)
     one, two = one["params"], two["params"]
+    # Two processes sum the loss and gradients in another order (gathered features, an all-reduce): fp32
+    # rounding of up to 1.5e-5 on the largest element after this one AdamW step at lr 1e-2 (measured, over
+    # 1e-5 since the projection head starts from other random weights); a wrong gradient moves weights on the
+    # scale of the lr.
     for name, value in one.items():
-        torch.testing.assert_close(two[name], value, atol=1e-5, rtol=0, msg=name)
+        torch.testing.assert_close(two[name], value, atol=5e-5, rtol=0, msg=name)
     # the step really moved the weights (the comparison is not between two untouched models)
     with torch.random.fork_rng():
         torch.manual_seed(0)
