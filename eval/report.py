@@ -16,6 +16,7 @@ per benchmark, ``OUT/<benchmark>_r10_vs_alpha.png``, ``OUT/<benchmark>_map_vs_al
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
@@ -248,6 +249,23 @@ def markdown_table(bench: str, table: dict[float, dict], groups: dict[str, list[
     return "\n".join(lines)
 
 
+def caption_pool_note(table: dict[float, dict]) -> str:
+    """A warning under the table when every run has the same caption-pool mAP and rank distance: then the
+    runs share their caption-to-caption similarities (a frozen text encoder, under a rotation or no
+    head), and those two columns cannot show what α does."""
+    rows = [row for row in table.values() if row["text_map"] and row["rank_distance"]]
+    if sum(row["n"] for row in rows) < 2:
+        return ""
+    keys = ("text_map", "rank_distance")
+    same = all(row[key][1] == 0 and math.isclose(row[key][0], rows[0][key][0], rel_tol=1e-9)
+               for row in rows for key in keys)
+    if not same:
+        return ""
+    return ("\n\nThe caption-pool mAP and rank distance are the same in every run: the runs rank captions against "
+            "captions identically (a frozen text encoder, e.g. under an orthogonal head), so these two columns "
+            "cannot show an α effect; language bias can move only in the image → caption pool (img→ml mAP).")
+
+
 def _long_tables(bench: str, table: dict[float, dict], columns: dict[str, list[str]]) -> str:
     """Group means per α, then one row per language (grouped) with a column per α."""
     head = ["α", "runs"] + [f"{g} ({len(langs)})" for g, langs in columns.items()]
@@ -421,8 +439,8 @@ def main(argv: list[str] | None = None) -> int:
     tables = aggregate(runs, groups)
     gains = {bench: gain_against_baseline(table, baselines[bench]) for bench, table in tables.items()
              if bench in baselines}
-    sections = [markdown_table(bench, table, groups) + gain_section(bench, gains.get(bench), groups)
-                for bench, table in tables.items()]
+    sections = [markdown_table(bench, table, groups) + caption_pool_note(table)
+                + gain_section(bench, gains.get(bench), groups) for bench, table in tables.items()]
     report = "\n\n".join(sections) + "\n"
     print(report)
     print(f"{len(runs)} result file(s)")

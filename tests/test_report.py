@@ -78,6 +78,25 @@ def test_labels_give_alpha_and_seeds_are_averaged(tmp_path, capsys):
     assert "60.0 ± 14.1" in (tmp_path / "r" / "report.md").read_text()
 
 
+def test_a_caption_pool_that_no_run_changes_is_called_out(tmp_path):
+    # Two alphas, two seeds: the image side differs, the caption pool is the same in all four runs (a frozen
+    # encoder), and the report says that those columns cannot show an alpha effect. One run that differs
+    # and the note is gone.
+    def write(name, r10, text_map):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(result_doc({"en": r10}, text_map=text_map, rd=250.0)))
+        return path
+
+    files = [write(f"a{alpha}s{seed}", 0.3 + alpha / 10 + seed / 100, 0.12) for alpha in (0, 1) for seed in (0, 1)]
+    labels = [arg for f in files for arg in ("--label", str(f), f"alpha={f.stem[1]},seed={f.stem[3]}")]
+    assert report.main([*map(str, files), "--out", str(tmp_path / "same"), "--groups", "high=en", *labels]) == 0
+    note = "cannot show an α effect"
+    assert note in (tmp_path / "same" / "report.md").read_text()
+    files[-1].write_text(json.dumps(result_doc({"en": 0.5}, text_map=0.13, rd=250.0)))
+    assert report.main([*map(str, files), "--out", str(tmp_path / "moved"), "--groups", "high=en", *labels]) == 0
+    assert note not in (tmp_path / "moved" / "report.md").read_text()
+
+
 def test_result_without_alpha_is_refused_with_a_hint(tmp_path, capsys):
     a = tmp_path / "a.json"
     a.write_text(json.dumps(result_doc({"en": 0.5}, text_map=0.2, rd=1.0)))
