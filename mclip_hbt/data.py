@@ -669,10 +669,14 @@ class ChunkStream(SampleStream):
                 "keys": [s["key"] for s in items], "faults": faults.drain(), "worker": worker}
 
 
-def _ignore_interrupt(worker_id: int) -> None:
-    """Ctrl-C reaches the whole process group; the main process alone decides how to stop (it may
-    checkpoint first), so a worker must not die of it and leave the main process without data."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _leave_stops_to_the_main_process(worker_id: int) -> None:
+    """Ctrl-C, a scheduler or ``kill -- -PGID`` signal the whole process group; the main process alone
+    decides how to stop (it checkpoints first), so a worker must not die of such a signal and leave the
+    main process without data (PyTorch's SIGCHLD handler would then fail the run). The worker leaves the
+    group; the main process still shuts it down (it signals the worker's pid), and a worker whose main
+    process is gone exits by itself (PyTorch's watchdog)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # in case Ctrl-C comes before the worker has left the group
+    os.setpgid(0, 0)
 
 
 class ChunkLoader(DataLoader):
@@ -683,7 +687,8 @@ class ChunkLoader(DataLoader):
         workers = stream.num_workers
         # Its own generator: worker seeds must not draw from (and so shift) the trainer's global RNG.
         super().__init__(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                         generator=torch.Generator().manual_seed(stream.seed), worker_init_fn=_ignore_interrupt,
+                         generator=torch.Generator().manual_seed(stream.seed),
+                         worker_init_fn=_leave_stops_to_the_main_process,
                          persistent_workers=persistent_workers and workers > 0,
                          prefetch_factor=prefetch_factor if workers > 0 else None)
         self.chunks_consumed = stream.skip_chunks

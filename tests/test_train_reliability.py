@@ -206,6 +206,28 @@ def test_a_stop_while_waiting_for_data_exits_at_once(tmp_path, sig, whole_group)
     assert "stop requested while waiting for data" in log and "Traceback" not in log
 
 
+def test_a_stop_sent_to_the_whole_process_group_mid_training_checkpoints(synth, tmp_path):
+    # A scheduler, `docker stop` on a shell or `kill -- -PGID` signals every process of the group, the
+    # DataLoader workers too: the run must still end as a stop (its checkpoint, exit 143), not die of a
+    # missing worker and lose the steps since the last periodic checkpoint.
+    run, stderr = tmp_path / "run", tmp_path / "stderr.txt"
+    proc = _popen(["--train-data", str(synth), "--output-dir", str(run), "--max-steps", "1000",
+                   "--checkpoint-every", "0", "--log-every", "1", *SMALL], stderr, start_new_session=True)
+    try:
+        _wait_for(stderr, "loss=", proc)  # a few steps are trained
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    log = stderr.read_text()
+    assert proc.returncode == 143, log[-3000:]
+    assert "Traceback" not in log and "stop requested" in log
+    saved = sorted((run / "checkpoints").glob("step_*"))
+    assert saved and int(saved[-1].name.split("_")[1]) >= 1, log[-3000:]
+
+
 @pytest.mark.slow
 def test_one_process_without_usable_data_stops_every_process(synth, tmp_path):
     """Rank 0 gets the good shard, rank 1 only the broken one (largest-first placement): rank 1 must not
