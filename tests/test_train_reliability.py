@@ -112,6 +112,19 @@ def _popen(args: list[str], stderr: Path, **kwargs) -> subprocess.Popen:
                             **kwargs)
 
 
+def _stop_when(proc: subprocess.Popen, stderr: Path, ready: str, send_stop, timeout: float = 120) -> None:
+    """Once ``ready`` is in the run's stderr, ``send_stop()``; then wait for the run to end (killed, with its
+    process group, if it has not ended after ``timeout`` seconds or the wait fails)."""
+    try:
+        _wait_for(stderr, ready, proc)
+        send_stop()
+        proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 class ModelBuilt(Exception):
     """Raised by the tripwire that replaces build_model: the run got past its checks."""
 
@@ -190,17 +203,9 @@ def test_a_stop_while_waiting_for_data_exits_at_once(tmp_path, sig, whole_group)
     # resampled over broken shards: an epoch of ten million samples' worth of empty chunks, a long data wait
     proc = _popen(["--train-data", str(data), "--output-dir", str(tmp_path / "run"), "--resampled",
                    "--samples-per-epoch", "10000000", *SMALL], stderr, start_new_session=True)
-    try:
-        _wait_for(stderr, "data fault bad_tar", proc)
-        if whole_group:  # what a terminal's Ctrl-C does: the DataLoader workers get it too
-            os.killpg(proc.pid, sig)
-        else:
-            proc.send_signal(sig)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    # whole_group: what a terminal's Ctrl-C does, the DataLoader workers get it too
+    _stop_when(proc, stderr, "data fault bad_tar",
+               (lambda: os.killpg(proc.pid, sig)) if whole_group else (lambda: proc.send_signal(sig)), timeout=60)
     log = stderr.read_text()
     assert proc.returncode == 143, log[-3000:]
     assert "stop requested while waiting for data" in log and "Traceback" not in log
@@ -213,14 +218,7 @@ def test_a_stop_sent_to_the_whole_process_group_mid_training_checkpoints(synth, 
     run, stderr = tmp_path / "run", tmp_path / "stderr.txt"
     proc = _popen(["--train-data", str(synth), "--output-dir", str(run), "--max-steps", "1000",
                    "--checkpoint-every", "0", "--log-every", "1", *SMALL], stderr, start_new_session=True)
-    try:
-        _wait_for(stderr, "loss=", proc)  # a few steps are trained
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    _stop_when(proc, stderr, "loss=", lambda: os.killpg(proc.pid, signal.SIGTERM))  # once a few steps are trained
     log = stderr.read_text()
     assert proc.returncode == 143, log[-3000:]
     assert "Traceback" not in log and "stop requested" in log
