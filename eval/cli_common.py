@@ -129,7 +129,7 @@ def evaluate_or_exit(parser: argparse.ArgumentParser, args: argparse.Namespace, 
                               batch_size=args.batch_size, image_batch_size=args.image_batch_size,
                               num_workers=args.num_workers, device=args.device, progress=not args.no_progress,
                               text_cache=TextFeatureCache(args.text_cache) if args.text_cache else None,
-                              pool_langs=[lang for lang in langs if lang in args.pool_langs])
+                              pool_langs=args.pool_langs)  # evaluate_split keeps those of this split
     except NonFiniteEmbeddingsError as e:
         parser.exit(1, f"{parser.prog}: error: --model {args.model}: {e}\n")
 
