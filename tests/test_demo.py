@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -30,6 +31,14 @@ def demo_main(demo_module):
     return demo_module.main
 
 
+@pytest.fixture(scope="module")
+def demo_synth_data(tmp_path_factory) -> Path:
+    """synth_scenes data with the demo's settings but 20 training images (copied by the tests that use it)."""
+    out = tmp_path_factory.mktemp("demo_data") / "synth"
+    generate(out, train_samples=20, test_samples=1000, image_size=64, seed=0, progress=False)
+    return out
+
+
 def files_under(folder):
     return sorted((p.relative_to(folder), p.stat().st_mtime_ns) for p in folder.rglob("*"))
 
@@ -53,10 +62,10 @@ def test_bad_values_are_refused(demo_main, tmp_path, capsys, args, message):
     assert not (tmp_path / "out").exists() and not (tmp_path / "data").exists()
 
 
-def test_data_made_with_other_settings_is_refused_naming_the_setting(demo_main, tmp_path, capsys, monkeypatch):
+def test_data_made_with_other_settings_is_refused_naming_the_setting(demo_main, demo_synth_data, tmp_path, capsys,
+                                                                     monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # what demo.main sets, undone after the test
-    generate(tmp_path / "data" / "synth", train_samples=20, test_samples=1000, image_size=64, seed=0,
-             progress=False)  # the demo's data settings, but 20 training images
+    shutil.copytree(demo_synth_data, tmp_path / "data" / "synth")
     before = files_under(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
         demo_main(["run", "--world", "synth", "--train-samples", "30", "--out", str(tmp_path / "demo")])
@@ -66,7 +75,8 @@ def test_data_made_with_other_settings_is_refused_naming_the_setting(demo_main, 
     assert files_under(tmp_path) == before
 
 
-def test_a_sweep_with_parallel_jobs_trains_then_evaluates_every_run(demo_module, tmp_path, capsys, monkeypatch):
+def test_a_sweep_with_parallel_jobs_trains_then_evaluates_every_run(demo_module, demo_synth_data, tmp_path, capsys,
+                                                                    monkeypatch):
     # train.py, eval.xtd and eval.report are tested on their own; a recorder stands in for their processes
     # here, to check what the sweep asks of them: every alpha x seed trained, then evaluated with the pooled
     # languages, each run's output in its own log, the cores split, and a failed run reported without
@@ -91,8 +101,7 @@ def test_a_sweep_with_parallel_jobs_trains_then_evaluates_every_run(demo_module,
             out.write_text(json.dumps({"meta": {"languages": langs, "pool_languages": pool}}))
 
     monkeypatch.setattr(demo_module, "run", recorded_stage)
-    generate(tmp_path / "data" / "synth", train_samples=20, test_samples=1000, image_size=64, seed=0,
-             progress=False)  # the demo's data settings, 20 training images
+    shutil.copytree(demo_synth_data, tmp_path / "data" / "synth")
     out = tmp_path / "sweep"
     with pytest.raises(SystemExit) as exit_info:
         demo_module.main(["sweep", "--world", "synth", "--train-samples", "20", "--alphas", "0,1", "--seeds", "0,1",
