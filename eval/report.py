@@ -9,7 +9,9 @@ A run's α and seed come from the result's ``meta.train`` (the evaluator copies 
 Results with the same α and benchmark are averaged over seeds (mean ± sample standard deviation).
 
 Writes ``OUT/report.md`` (rows α; per-language text→image R@10 grouped as high-resource /
-low-resource / unseen, group means, multilingual mAP and rank distance), ``OUT/report.json`` and,
+low-resource / unseen, group means, multilingual mAP and rank distance; the share of monolingual steps
+and how much of a monolingual batch was in its own language, from the trainer's ``meta.train.batches``),
+``OUT/report.json`` and,
 per benchmark, ``OUT/<benchmark>_r10_vs_alpha.png``, ``OUT/<benchmark>_map_vs_alpha.png`` and
 ``OUT/<benchmark>_rank_distance_vs_alpha.png``.
 """
@@ -38,6 +40,7 @@ class RunResult:
     alpha: float
     seed: int | None
     summaries: dict[str, dict]  # benchmark (part) → summary
+    batches: dict | None = None  # the trainer's summary of the batches it drew (mclip_hbt.hybrid.summarize_records)
 
 
 def default_groups() -> dict[str, list[str]]:
@@ -171,7 +174,9 @@ def load_run(file: Path, labels: dict[Path, str]) -> RunResult:
         alpha, seed = parse_label(label)
     else:
         raise ValueError(f"{file} names no α (no meta.train); give --label {file} alpha=A,seed=S")
-    return RunResult(file, alpha, seed, summaries_by_benchmark(doc, file))
+    batches = train.get("batches") if isinstance(train, dict) else None
+    return RunResult(file, alpha, seed, summaries_by_benchmark(doc, file),
+                     batches if isinstance(batches, dict) else None)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -209,6 +214,45 @@ def aggregate(runs: list[RunResult], groups: dict[str, list[str]]) -> dict[str, 
                 row[key] = _mean_std(s[key]) if s[key] else None
             out[bench][alpha] = row
     return out
+
+
+def batches_by_alpha(runs: list[RunResult], groups: dict[str, list[str]]) -> dict[float, dict]:
+    """α → {"n": runs, "monolingual_steps": (mean, std) share of steps, "share": {group: (mean, std)}}: per
+    group, the mean share of a monolingual batch's captions in its own language, over the group's trained
+    languages. Each training run counts once, however many results it has; runs without a summary are left out."""
+    seen: dict[float, dict[int | None, dict]] = defaultdict(dict)
+    for run in runs:
+        if run.batches and run.batches.get("steps"):
+            seen[run.alpha][run.seed] = run.batches
+    out = {}
+    for alpha, by_seed in sorted(seen.items()):
+        shares: dict[str, list[float]] = defaultdict(list)
+        for batches in by_seed.values():
+            for group, langs in groups.items():
+                present = [batches["monolingual_share"][lang] for lang in langs if lang in batches["monolingual_share"]]
+                if present:
+                    shares[group].append(statistics.fmean(present))
+        out[alpha] = {"n": len(by_seed),
+                      "monolingual_steps": _mean_std([b["monolingual_steps"] / b["steps"] for b in by_seed.values()]),
+                      "share": {group: _mean_std(values) for group, values in shares.items()}}
+    return out
+
+
+def batches_section(batches: dict[float, dict]) -> str:
+    """What the runs' batches held, beside the α they asked for (empty without the trainer's summaries)."""
+    if not batches:
+        return ""
+    groups = list(dict.fromkeys(g for row in batches.values() for g in row["share"]))
+    head = ["α", "runs", "monolingual steps (%)"] + [f"{g}: own-language share (%)" for g in groups]
+    lines = ["### Batches as drawn (rank 0's step log)", "",
+             "A monolingual step in a language on few training samples is topped up with other languages when the "
+             "batcher's buffer holds too few of it; the share columns say how much of such a batch was in its own "
+             "language.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for alpha, row in batches.items():
+        cells = [f"{alpha:g}", str(row["n"]), _cell(row["monolingual_steps"])]
+        cells += [_cell(row["share"].get(g)) for g in groups]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _cell(value: tuple[float, float] | None, scale: float = 100.0, digits: int = 1) -> str:
@@ -441,7 +485,8 @@ def main(argv: list[str] | None = None) -> int:
              if bench in baselines}
     sections = [markdown_table(bench, table, groups) + caption_pool_note(table)
                 + gain_section(bench, gains.get(bench), groups) for bench, table in tables.items()]
-    report = "\n\n".join(sections) + "\n"
+    batches = batches_by_alpha(runs, groups)
+    report = "\n\n".join(sections + ([batches_section(batches)] if batches else [])) + "\n"
     print(report)
     print(f"{len(runs)} result file(s)")
     written = [save_output(parser.prog, "report", args.out / "report.md",
@@ -449,6 +494,7 @@ def main(argv: list[str] | None = None) -> int:
                save_output(parser.prog, "report data", args.out / "report.json",
                            lambda: write_json_atomic(args.out / "report.json", {
                                "groups": groups, "inputs": [str(r.path) for r in runs], "gain_vs_untrained": gains,
+                               "batches": {str(a): row for a, row in batches.items()},
                                "benchmarks": {b: {str(a): row for a, row in t.items()} for b, t in tables.items()}})),
                save_output(parser.prog, "plots", args.out,
                            lambda: [write_plots(bench, table, groups, args.out, gains.get(bench))

@@ -30,7 +30,7 @@ either way the batches are exactly those an uninterrupted run would have yielded
 from __future__ import annotations
 
 import random
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -366,3 +366,24 @@ class HybridBatcher:
         images = state["waiting_images"]
         for i, (key, captions) in enumerate(zip(state["waiting_keys"], state["waiting_captions"])):
             self._add(key, images[i].clone(), captions)
+
+
+def summarize_records(records: Iterable[Mapping]) -> dict:
+    """How the logged steps were drawn, for a run's metadata: ``steps``, ``monolingual_steps``,
+    ``fallbacks`` (monolingual steps that fell back, by reason) and ``monolingual_share``: per language
+    X, the mean share of X captions in X's monolingual batches (1.0 = every such batch held only X).
+
+    α is what a run asked for; these say what it got, since a language on few samples cannot fill a
+    monolingual batch from a bounded buffer and its steps are topped up with other languages.
+    """
+    steps, fallbacks, shares = 0, Counter(), defaultdict(list)
+    for record in records:
+        steps += 1
+        if record["mode"] != "mono":
+            continue
+        counts = record["lang_counts"]
+        shares[record["lang"]].append(counts.get(record["lang"], 0) / max(1, sum(counts.values())))
+        if record.get("fallback"):
+            fallbacks[record["fallback"]["reason"]] += 1
+    return {"steps": steps, "monolingual_steps": sum(map(len, shares.values())), "fallbacks": dict(fallbacks),
+            "monolingual_share": {lang: round(sum(s) / len(s), 4) for lang, s in sorted(shares.items())}}

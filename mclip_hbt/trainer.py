@@ -42,7 +42,7 @@ from transformers import get_cosine_schedule_with_warmup
 from .data import ChunkLoader, FaultCounter, build_loader
 from .fileio import OutputError, atomic_directory, check_output_dir, free_bytes, write_json_atomic, write_text_atomic
 from .hub import ModelUnavailableError
-from .hybrid import HybridBatcher, HybridConfig
+from .hybrid import HybridBatcher, HybridConfig, summarize_records
 from .loss import ContrastiveLoss
 from .model import TRAIN_META_NAME, MultilingualCLIP, create_model
 from .train_config import TrainConfig, parse_config
@@ -170,20 +170,22 @@ def agree_on_batch(accelerator: Accelerator, problem: Exception | None) -> None:
         raise StopWhileWaiting()
 
 
-def open_step_log(path: Path, resumed_step: int):
-    """Append-mode step log, first keeping only the complete records of steps before ``resumed_step``.
+def read_step_log(path: Path) -> Iterator[dict]:
+    """The complete step records of a step log; a line cut short when a run was killed mid-write is skipped."""
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            yield record
 
-    Dropped: steps a resumed run redoes, and a line cut short when a run was killed mid-write.
-    """
+
+def open_step_log(path: Path, resumed_step: int):
+    """Append-mode step log, first keeping only the complete records of steps before ``resumed_step``
+    (a resumed run redoes the later ones)."""
     if path.exists():
-        kept = []
-        for line in path.read_text(errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] < resumed_step:
-                kept.append(line + "\n")
+        kept = [json.dumps(record) + "\n" for record in read_step_log(path) if record["step"] < resumed_step]
         write_text_atomic(path, "".join(kept))
     return open(path, "a", buffering=1)
 
@@ -642,6 +644,8 @@ def train(config: TrainConfig) -> Path:
                 "lang_distribution": config.lang_distribution, "loss": config.loss, "train_data": config.train_data,
                 "samples_seen": state.step * config.batch_size, "nonfinite_steps": state.nonfinite_total,
                 "data_faults": dict(faults)}
+        if accelerator.is_main_process:  # rank 0's batches, the ones its step log holds
+            meta["batches"] = summarize_records(read_step_log(output_dir / STEP_LOG))
         on_main(accelerator, lambda: _export(unwrapped, final_dir, meta, output_dir))
         if accelerator.is_main_process:
             logger.info("data faults (all processes): %s", faults.summary())

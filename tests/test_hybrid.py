@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 import torch
 
-from mclip_hbt.hybrid import HybridBatcher, HybridConfig
+from mclip_hbt.hybrid import HybridBatcher, HybridConfig, summarize_records
 
 LANGS = ("de", "en", "fr")
 #: Chi-square critical value for 2 degrees of freedom at p = 0.001 (the chi-square(2) law is
@@ -169,6 +169,31 @@ def test_buffer_ceiling_holds_and_absent_language_falls_back_without_stalling():
     assert all(sum(r["lang_counts"].values()) == batch for r in early_fr)
     late_fr = [r for r in records if r["lang"] == "fr" and r["step"] > 3000 // batch + 20]
     assert any(r["fallback"] is None and r["lang_counts"] == {"fr": batch} for r in late_fr)
+
+
+def test_summary_reports_what_monolingual_steps_got_for_a_rare_language():
+    # "sw" is on every 4th sample: a ceiling of 32 samples holds about 8, one of 1024 about 256
+    def rare_sw(i):
+        return ("en", "de") + (("sw",) if i % 4 == 0 else ())
+
+    def summary(ceiling):
+        config = HybridConfig(alpha=0.3, languages=["en", "de", "sw"], seed=3, max_buffered_samples=ceiling,
+                              fallback_after=10**6)
+        records = [b["record"] for b in run(HybridBatcher(config, 32), make_stream(10**6, 32, rare_sw), 150)]
+        return records, summarize_records(records)
+
+    records, small = summary(32)
+    assert small["steps"] == 150 and small["monolingual_steps"] == sum(r["mode"] == "mono" for r in records)
+    sw_steps = [r for r in records if r["lang"] == "sw"]
+    assert small["fallbacks"] == {"buffer_full": len(sw_steps)}
+    assert small["monolingual_share"]["en"] == small["monolingual_share"]["de"] == 1.0
+    shares = [r["lang_counts"].get("sw", 0) / 32 for r in sw_steps]
+    assert small["monolingual_share"]["sw"] == pytest.approx(sum(shares) / len(shares), abs=1e-4)
+    assert small["monolingual_share"]["sw"] < 0.5
+    _, large = summary(2048)
+    assert large["monolingual_share"]["sw"] == 1.0 and large["fallbacks"] == {}
+    cross = summarize_records([{"mode": "cross", "lang": None, "lang_counts": {"en": 3}, "fallback": None}])
+    assert cross == {"steps": 1, "monolingual_steps": 0, "fallbacks": {}, "monolingual_share": {}}
 
 
 def test_stream_end_keeps_leftovers_for_the_next_stream_and_counts_faults():

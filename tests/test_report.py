@@ -138,3 +138,27 @@ def test_world_groups_many_languages_heatmap_and_gain_against_the_untrained_enco
     assert gain["points"]["zu"] == pytest.approx([0.65, 0.325])
     for name in ("emoji_seen_r10_heatmap.png", "emoji_seen_gain_vs_untrained.png", "emoji_seen_map_vs_alpha.png"):
         assert (out / name).stat().st_size > 0
+
+
+def test_batches_as_drawn_are_averaged_per_training_run(tmp_path):
+    def batches(mono_steps, sw_share):
+        return {"steps": 10, "monolingual_steps": mono_steps, "fallbacks": {"buffer_full": 2},
+                "monolingual_share": {"en": 1.0, "de": 1.0, "sw": sw_share}}
+
+    files = []
+    for seed, (mono, share) in enumerate([(4, 0.5), (6, 0.7)]):
+        doc = result_doc({"en": 0.5, "sw": 0.2}, text_map=0.2, rd=100.0)
+        doc["meta"]["train"] = {"alpha": 0.5, "seed": seed, "batches": batches(mono, share)}
+        for split in ("seen", "unseen"):  # two results of one run count once
+            files.append(tmp_path / f"seed{seed}" / f"{split}.json")
+            files[-1].parent.mkdir(exist_ok=True)
+            files[-1].write_text(json.dumps({**doc, "meta": {**doc["meta"], "benchmark": split}}))
+    assert report.main([str(tmp_path / "seed0"), str(tmp_path / "seed1"), "--out", str(tmp_path / "r"),
+                        "--groups", "high=en,de;low=sw;unseen=yo"]) == 0
+    row = json.loads((tmp_path / "r" / "report.json").read_text())["batches"]["0.5"]
+    assert row["n"] == 2
+    assert row["monolingual_steps"] == pytest.approx([0.5, 0.1414213], abs=1e-6)
+    assert row["share"]["high"] == [1.0, 0.0] and "unseen" not in row["share"]
+    assert row["share"]["low"] == pytest.approx([0.6, 0.1414213], abs=1e-6)
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert "| 0.5 | 2 | 50.0 ± 14.1 | 100.0 | 60.0 ± 14.1 |" in text

@@ -260,6 +260,10 @@ def test_sigkill_and_resume_auto_matches_a_straight_run(shards, tmp_path):
         assert torch.equal(a[name], b[name]), name
     assert _steps(tmp_path / "straight") == _steps(run)
     assert len(_steps(run)) == 20
+    # the batch summary covers the steps before the kill too
+    batches = json.loads((run / "model" / "train_meta.json").read_text())["batches"]
+    assert batches == json.loads((tmp_path / "straight" / "model" / "train_meta.json").read_text())["batches"]
+    assert batches["steps"] == 20
 
 
 def _inject_faults(src: Path, dst: Path) -> None:
@@ -302,6 +306,7 @@ def test_two_processes_end_to_end_with_faulty_shards(shards, tmp_path):
     assert len(records) == 16
     modes = {r["mode"] for r in records}
     assert modes == {"mono", "cross"}
+    assert meta["batches"]["monolingual_steps"] == sum(r["mode"] == "mono" for r in records)
     for r in records:
         if r["mode"] == "mono" and r["fallback"] is None:
             assert list(r["lang_counts"]) == [r["lang"]]
