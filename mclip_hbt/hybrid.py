@@ -38,6 +38,7 @@ import torch
 
 from .data import FaultCounter
 from .languages import parse_lang_list
+from .options import OptionError, option
 
 LANG_DISTRIBUTIONS = ("uniform", "proportional", "temperature")
 STATE_VERSION = 1
@@ -45,39 +46,46 @@ STATE_VERSION = 1
 
 @dataclass
 class HybridConfig:
-    """How steps and caption languages are drawn; see the module docstring."""
+    """How steps and caption languages are drawn (the module docstring); each field is a ``train.py`` option.
 
-    #: Probability that a step is monolingual (1: pure X-X, 0: pure X-Y).
-    alpha: float = 0.5
-    #: How languages are weighted: "uniform", "proportional" to sample counts, or "temperature".
-    lang_distribution: str = "uniform"
-    #: τ for "temperature": p ∝ n^(1/τ); larger τ upsamples rare languages more.
-    temperature: float = 2.0
-    #: Training languages (codes or "en,de,..."); None = every language of the data.
-    languages: Sequence[str] | str | None = None
-    #: λ of the text–text term; > 0 makes the batcher supply translation pairs.
-    text_pair_weight: float = 0.0
-    seed: int = 0
-    #: Memory ceiling of the waiting pool, in samples (per rank).
-    max_buffered_samples: int = 4096
-    #: Chunks a monolingual step may read looking for its language before falling back.
-    fallback_after: int = 16
+    The run's seed and whether translation pairs are wanted are not options of this component:
+    ``HybridBatcher`` takes them from the callers that own them (``--seed``, ``--text-pair-weight``).
+    """
+
+    alpha: float = option(0.5, "Probability that a step is monolingual (all captions in one language); 1-alpha: "
+                               "cross-lingual.")
+    lang_distribution: str = option("uniform", "How languages are drawn: uniform, proportional (to sample counts) or "
+                                               "temperature.", choices=LANG_DISTRIBUTIONS)
+    temperature: float = option(2.0, "Temperature tau for --lang-distribution temperature: p ∝ n^(1/tau); a larger "
+                                     "tau upsamples rare languages more.")
+    languages: str | Sequence[str] | None = option(None, "Comma-separated languages to train on (default: every "
+                                                         "language in the shards).")
+    max_buffered_samples: int = option(512, "Ceiling on samples waiting in the hybrid batcher per process (they are "
+                                            "saved in checkpoints); a monolingual batch in a language on a share p "
+                                            "of the samples needs about batch/p of them.")
+    machine_translations: bool = option(True, "Train on machine-translated captions (a sample's 'mt' languages, "
+                                              "e.g. from data_recipes.translate); --no-machine-translations keeps "
+                                              "only human-written captions.")
+    fallback_after: int = option(64, "Chunks to read while filling a monolingual batch before falling back (logged; "
+                                     "0: fall back as soon as the waiting samples run short).")
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+            raise OptionError("alpha", f"must be in [0, 1], got {self.alpha}")
         if self.lang_distribution not in LANG_DISTRIBUTIONS:
-            raise ValueError(f"lang_distribution must be one of {LANG_DISTRIBUTIONS}, got {self.lang_distribution!r}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.text_pair_weight < 0:
-            raise ValueError(f"text_pair_weight must be >= 0, got {self.text_pair_weight}")
+            raise OptionError("lang_distribution", f"must be one of {', '.join(LANG_DISTRIBUTIONS)}, got "
+                                                   f"{self.lang_distribution!r}")
+        if not self.temperature > 0:
+            raise OptionError("temperature", f"must be > 0, got {self.temperature}")
         if self.max_buffered_samples < 1:
-            raise ValueError(f"max_buffered_samples must be >= 1, got {self.max_buffered_samples}")
+            raise OptionError("max_buffered_samples", f"must be >= 1, got {self.max_buffered_samples}")
         if self.fallback_after < 0:
-            raise ValueError(f"fallback_after must be >= 0, got {self.fallback_after}")
+            raise OptionError("fallback_after", f"must be >= 0, got {self.fallback_after}")
         if self.languages is not None:
-            self.languages = parse_lang_list(self.languages)
+            try:
+                self.languages = parse_lang_list(self.languages)
+            except ValueError as err:
+                raise OptionError("languages", str(err)) from None
 
 
 def language_weights(counts: Mapping[str, float], distribution: str, temperature: float) -> dict[str, float]:
@@ -104,33 +112,39 @@ class HybridBatcher:
     because a monolingual step needs samples that have X); they fix the language set and the
     proportional/temperature weights for every rank. Without them both come from the samples read
     so far, which differ between ranks, so a distributed run must pass them (or, for uniform, a
-    ``languages`` list).
+    ``languages`` list). ``seed`` fixes every draw; ``translation_pairs`` makes it supply, per sample,
+    a caption in a second language (for the text–text term).
 
     ``batcher(chunks)`` takes loader chunks ``{"images", "captions", "keys", "faults", ...}`` and
     yields dicts: ``images`` Tensor[B, ...]; ``captions``, ``langs``, ``keys`` (lists of B);
-    ``pair_captions``, ``pair_langs`` (a translation in another language, or None; all None when
-    λ = 0) and ``pair_mask`` (bool Tensor[B], True where there is a pair); ``record`` (``step``,
+    ``pair_captions``, ``pair_langs`` (a translation in another language, or None; all None without
+    ``translation_pairs``) and ``pair_mask`` (bool Tensor[B], True where there is a pair); ``record`` (``step``,
     ``mode`` "mono"|"cross", ``lang`` (X or None), ``lang_counts``, ``fallback`` None |
     {``reason``, ``filled``, ``needed``}, ``buffered`` = pool size when the batch was taken,
     ``chunks_read`` in this step, ``faults`` reported by those chunks).
     """
 
     def __init__(self, config: HybridConfig, local_batch_size: int, world_size: int = 1,
-                 lang_counts: Mapping[str, int] | None = None):
+                 lang_counts: Mapping[str, int] | None = None, *, seed: int = 0, translation_pairs: bool = False):
         if local_batch_size < 1:
-            raise ValueError(f"local batch size must be >= 1, got {local_batch_size}")
+            raise OptionError("batch_size", f"the local batch size must be >= 1, got {local_batch_size}")
         self.batch_size = local_batch_size
         if config.max_buffered_samples < self.batch_size:
-            raise ValueError(f"max_buffered_samples ({config.max_buffered_samples}) must be at least "
-                             f"the local batch size ({self.batch_size})")
+            raise OptionError("max_buffered_samples", f"must hold at least one local batch ({self.batch_size} "
+                                                      f"samples), got {config.max_buffered_samples}")
         if lang_counts is None and world_size > 1 and (
                 config.lang_distribution != "uniform" or config.languages is None):
-            raise ValueError("a distributed run needs lang_counts (from dataset.json): languages "
-                             "and counts seen by each rank differ, and ranks must draw the same languages")
+            raise OptionError("train_data", "a distributed run draws languages from per-language sample counts "
+                                            "(lang_counts, from the dataset.json beside the shards: every rank sees "
+                                            "other samples), and these shards have none: rebuild them with their "
+                                            "recipe, or pass --languages with --lang-distribution uniform")
         if lang_counts is not None and config.languages is not None:
             missing = [lang for lang in config.languages if lang_counts.get(lang, 0) <= 0]
             if missing:
-                raise ValueError(f"languages {', '.join(missing)} have no samples in the dataset")
+                raise OptionError("languages", f"no samples in {', '.join(missing)} in these shards (their "
+                                               f"dataset.json counts {', '.join(sorted(lang_counts)) or 'none'})")
+        self.seed = seed
+        self.translation_pairs = translation_pairs
         self.config = config
         self._counts = dict(lang_counts) if lang_counts is not None else None
         self._observed: Counter[str] = Counter()  # used only without lang_counts
@@ -164,7 +178,7 @@ class HybridBatcher:
         A pure function of (seed, step) given ``lang_counts`` or uniform over ``languages``;
         otherwise the weights are the counts read so far (single process only, saved in the state).
         """
-        rng = random.Random(f"hybrid-step:{self.config.seed}:{step}")
+        rng = random.Random(f"hybrid-step:{self.seed}:{step}")
         if rng.random() >= self.config.alpha:
             return "cross", None
         weights = self.language_distribution()
@@ -174,12 +188,12 @@ class HybridBatcher:
     def _draw_captions(self, step: int, sample: _Waiting, lang: str | None,
                        weights: Mapping[str, float]) -> tuple[str, str, str | None, str | None]:
         """(caption, lang, pair caption, pair lang) of one sample; ``lang`` None draws it."""
-        rng = random.Random(f"hybrid-sample:{self.config.seed}:{step}:{sample.key}")
+        rng = random.Random(f"hybrid-sample:{self.seed}:{step}:{sample.key}")
         if lang is None:
-            lang = rng.choices(sample.langs, weights=[weights[option] for option in sample.langs])[0]
+            lang = rng.choices(sample.langs, weights=[weights[candidate] for candidate in sample.langs])[0]
         caption = rng.choice(sample.captions[lang])
         others = [other for other in sample.langs if other != lang]
-        if self.config.text_pair_weight <= 0 or not others:
+        if not self.translation_pairs or not others:
             return caption, lang, None, None
         pair_lang = rng.choices(others, weights=[weights[other] for other in others])[0]
         return caption, lang, rng.choice(sample.captions[pair_lang]), pair_lang
@@ -223,7 +237,10 @@ class HybridBatcher:
         self._count_faults(chunk.get("faults") or {})
         new_ids = []
         images = chunk.get("images")
+        machine = chunk.get("mt") or [()] * len(chunk.get("keys", []))
         for i, (key, captions) in enumerate(zip(chunk.get("keys", []), chunk.get("captions", []))):
+            if not self.config.machine_translations:
+                captions = {lang: texts for lang, texts in captions.items() if lang not in machine[i]}
             # clone: a view would keep the whole chunk's tensor alive while one sample waits
             sample_id = self._add(key, images[i].clone(), captions)
             if sample_id is not None:

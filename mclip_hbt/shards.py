@@ -76,6 +76,7 @@ class CaptionShardWriter:
         self.lang_samples: Counter[str] = Counter()
         self.lang_captions: Counter[str] = Counter()
         self.mt_captions: Counter[str] = Counter()
+        self.mt_samples: Counter[str] = Counter()
         self.num_samples = 0
         self._tar: wds.TarWriter | None = None
         self._tar_tmp: Path | None = None
@@ -131,6 +132,7 @@ class CaptionShardWriter:
             self.lang_captions[lang] += len(texts)
         for lang in record["mt"]:
             self.mt_captions[lang] += len(record["captions"][lang])
+            self.mt_samples[lang] += 1
 
     def end_shard(self) -> None:
         """Finish the current shard now (an empty one if nothing was written since the last), so
@@ -168,7 +170,8 @@ class CaptionShardWriter:
             return self._stats
         self._close_current()
         self._remove_stale_shards(beyond_count=complete)
-        stats = dataset_stats(self.num_samples, self.lang_samples, self.lang_captions, self.mt_captions, self.sizes)
+        stats = dataset_stats(self.num_samples, self.lang_samples, self.lang_captions, self.mt_captions,
+                              self.mt_samples, self.sizes)
         if extra:
             stats.update(extra)
         write_json_atomic(self.out_dir / "sizes.json", self.sizes)
@@ -195,14 +198,16 @@ class CaptionShardWriter:
 
 
 def dataset_stats(num_samples: int, lang_samples: Counter, lang_captions: Counter, mt_captions: Counter,
-                  sizes: dict[str, int]) -> dict:
+                  mt_samples: Counter, sizes: dict[str, int]) -> dict:
+    """``dataset.json``: per language, the samples and captions it has, and how many of them are machine
+    translations (a sample's language is either all human or all machine-translated)."""
     langs = sorted(lang_samples)
     return {
         "num_samples": num_samples,
         "num_shards": len(sizes),
         "languages": {
             lang: {"samples": lang_samples[lang], "captions": lang_captions[lang],
-                   "mt_captions": mt_captions.get(lang, 0)}
+                   "mt_captions": mt_captions.get(lang, 0), "mt_samples": mt_samples.get(lang, 0)}
             for lang in langs
         },
     }

@@ -39,10 +39,10 @@ from safetensors.torch import load_model, save_model
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from .data import ChunkLoader, FaultCounter, build_loader
+from .data import ChunkLoader, FaultCounter
 from .fileio import OutputError, atomic_directory, check_output_dir, free_bytes, write_json_atomic, write_text_atomic
 from .hub import ModelUnavailableError
-from .hybrid import HybridBatcher, HybridConfig, summarize_records
+from .hybrid import HybridBatcher, summarize_records
 from .loss import ContrastiveLoss
 from .model import TRAIN_META_NAME, MultilingualCLIP, create_model
 from .train_config import TrainConfig, parse_config
@@ -545,18 +545,9 @@ def train(config: TrainConfig) -> Path:
             state = TrainingState()
 
             image_size = unwrapped.preprocess_cfg.size
-            loader = build_loader(config.train_data, unwrapped.train_preprocess, weights=config.train_data_weights,
-                                  chunk_size=config.chunk_size, num_workers=config.workers, resampled=config.resampled,
-                                  seed=config.seed, rank=rank, world_size=world, shuffle_buffer=config.shuffle_buffer,
-                                  samples_per_epoch=config.samples_per_epoch,
-                                  draft_size=image_size if isinstance(image_size, int) else None)
-            batcher = HybridBatcher(
-                HybridConfig(alpha=config.alpha, lang_distribution=config.lang_distribution,
-                             temperature=config.temperature, languages=config.language_list,
-                             text_pair_weight=config.text_pair_weight, seed=config.seed,
-                             max_buffered_samples=config.max_buffered_samples, fallback_after=config.fallback_after),
-                local_batch_size=config.batch_size // world, world_size=world,
-                lang_counts=config.dataset_lang_counts())
+            loader = config.build_loader(unwrapped.train_preprocess, rank, world,
+                                         draft_size=image_size if isinstance(image_size, int) else None)
+            batcher = config.build_batcher(world)
             loss_fn = ContrastiveLoss(kind=config.loss, text_pair_weight=config.text_pair_weight)
 
             if resume_from is not None:
@@ -573,9 +564,9 @@ def train(config: TrainConfig) -> Path:
 
             if accelerator.is_main_process:
                 write_text_atomic(output_dir / "train_config.json",
-                                  json.dumps(vars(config), indent=2, default=str) + "\n")
+                                  json.dumps(config.flat_options(), indent=2, default=str) + "\n")
             if config.report_to != "none":
-                accelerator.init_trackers("mclip_hbt", config={k: v for k, v in vars(config).items()
+                accelerator.init_trackers("mclip_hbt", config={k: v for k, v in config.flat_options().items()
                                                                if isinstance(v, (int, float, str, bool))})
         except (ModelUnavailableError, ValueError) as err:
             raise SetupError(str(err)) from err
@@ -640,8 +631,9 @@ def train(config: TrainConfig) -> Path:
         faults = FaultCounter()
         for rank_faults in gather_object([dict(batcher.faults)]):
             faults.update(rank_faults)
-        meta = {"alpha": config.alpha, "seed": config.seed, "steps": state.step, "batch_size": config.batch_size,
-                "lang_distribution": config.lang_distribution, "loss": config.loss, "train_data": config.train_data,
+        meta = {"alpha": config.hybrid.alpha, "seed": config.seed, "steps": state.step,
+                "batch_size": config.batch_size, "lang_distribution": config.hybrid.lang_distribution,
+                "loss": config.loss, "train_data": config.train_data,
                 "samples_seen": state.step * config.batch_size, "nonfinite_steps": state.nonfinite_total,
                 "data_faults": dict(faults)}
         if accelerator.is_main_process:  # rank 0's batches, the ones its step log holds

@@ -56,7 +56,7 @@ def run(batcher, chunks, steps):
 
 def test_alpha_fraction_monolingual_purity_and_cross_mixing():
     steps, alpha, batch = 2000, 0.3, 32
-    batcher = HybridBatcher(HybridConfig(alpha=alpha, seed=7), batch)
+    batcher = HybridBatcher(HybridConfig(alpha=alpha), batch, seed=7)
     batches = run(batcher, make_stream(10**6, 64, en_plus_half), steps)
     records = [b["record"] for b in batches]
     mono = [r for r in records if r["mode"] == "mono"]
@@ -97,8 +97,8 @@ def test_cross_lingual_languages_follow_temperature_weights_from_dataset_json():
     counts = {lang: info["samples"] for lang, info in dataset_json["languages"].items()}
     weights = {lang: n ** 0.5 for lang, n in counts.items()}
     probs = {lang: w / sum(weights.values()) for lang, w in weights.items()}
-    config = HybridConfig(alpha=0.0, lang_distribution="temperature", temperature=2.0, seed=3)
-    batcher = HybridBatcher(config, 32, lang_counts=counts)
+    config = HybridConfig(alpha=0.0, lang_distribution="temperature", temperature=2.0)
+    batcher = HybridBatcher(config, 32, lang_counts=counts, seed=3)
     drawn = Counter(lang for b in run(batcher, make_stream(10**6, 64, all_langs), 300) for lang in b["langs"])
     assert chi_square(drawn, probs) < CHI2_DF2_P001
     assert within_binomial(drawn, probs)
@@ -110,9 +110,9 @@ def test_monolingual_language_follows_temperature_of_observed_counts():
     def unbalanced(i):
         return ("en",) + (("de",) if i % 10 == 0 else ()) + (("fr",) if i % 100 == 0 else ())
 
-    config = HybridConfig(alpha=1.0, lang_distribution="temperature", temperature=2.0, seed=11,
-                          max_buffered_samples=512, fallback_after=2)
-    batcher = HybridBatcher(config, 16)
+    config = HybridConfig(alpha=1.0, lang_distribution="temperature", temperature=2.0, max_buffered_samples=512,
+                          fallback_after=2)
+    batcher = HybridBatcher(config, 16, seed=11)
     records = [b["record"] for b in run(batcher, make_stream(10**6, 100, unbalanced), 2000)]
     probs = {lang: w / (10 + 10 ** 0.5 + 1) for lang, w in {"en": 10, "de": 10 ** 0.5, "fr": 1}.items()}
     x_counts = Counter(r["lang"] for r in records)
@@ -125,8 +125,8 @@ def test_monolingual_language_follows_temperature_of_observed_counts():
 
 def test_ranks_draw_identical_modes_and_languages():
     counts = {"en": 10, "de": 5, "fr": 5}
-    config = HybridConfig(alpha=0.5, lang_distribution="proportional", seed=5)
-    per_rank = [run(HybridBatcher(config, 16, world_size=2, lang_counts=counts),
+    config = HybridConfig(alpha=0.5, lang_distribution="proportional")
+    per_rank = [run(HybridBatcher(config, 16, world_size=2, lang_counts=counts, seed=5),
                     make_stream(10**6, 50, langs, prefix=f"r{r}-"), 300)
                 for r, langs in enumerate((all_langs, en_plus_half))]
     plans = [[(b["record"]["mode"], b["record"]["lang"]) for b in batches] for batches in per_rank]
@@ -148,9 +148,9 @@ def test_buffer_ceiling_holds_and_absent_language_falls_back_without_stalling():
         return ("en", "de") + (("fr",) if i >= 3000 and i % 2 else ())
 
     ceiling, chunk, batch, fallback_after = 256, 40, 32, 3
-    config = HybridConfig(alpha=0.6, languages=["en", "de", "fr"], seed=2, max_buffered_samples=ceiling,
+    config = HybridConfig(alpha=0.6, languages=["en", "de", "fr"], max_buffered_samples=ceiling,
                           fallback_after=fallback_after)
-    batcher = HybridBatcher(config, batch)
+    batcher = HybridBatcher(config, batch, seed=2)
     peak_by_lang = Counter()
     records = []
     for b in itertools.islice(batcher(make_stream(10**6, chunk, fr_late)), 400):
@@ -177,9 +177,9 @@ def test_summary_reports_what_monolingual_steps_got_for_a_rare_language():
         return ("en", "de") + (("sw",) if i % 4 == 0 else ())
 
     def summary(ceiling):
-        config = HybridConfig(alpha=0.3, languages=["en", "de", "sw"], seed=3, max_buffered_samples=ceiling,
+        config = HybridConfig(alpha=0.3, languages=["en", "de", "sw"], max_buffered_samples=ceiling,
                               fallback_after=10**6)
-        records = [b["record"] for b in run(HybridBatcher(config, 32), make_stream(10**6, 32, rare_sw), 150)]
+        records = [b["record"] for b in run(HybridBatcher(config, 32, seed=3), make_stream(10**6, 32, rare_sw), 150)]
         return records, summarize_records(records)
 
     records, small = summary(32)
@@ -202,7 +202,7 @@ def test_stream_end_keeps_leftovers_for_the_next_stream_and_counts_faults():
     # a sample with no training language is skipped and counted
     chunks[2]["captions"][0] = {"ja": ["猫"]}
     chunks.append({"images": torch.empty(0, 3, 2, 2), "captions": [], "mt": [], "keys": [], "faults": {"bad_json": 1}})
-    batcher = HybridBatcher(HybridConfig(alpha=0.5, languages="en,de,fr", seed=1), 16)
+    batcher = HybridBatcher(HybridConfig(alpha=0.5, languages="en,de,fr"), 16, seed=1)
     first = run(batcher, chunks, 100)
     usable = 5 * 30 - 1
     assert len(first) == usable // 16
@@ -215,15 +215,16 @@ def test_stream_end_keeps_leftovers_for_the_next_stream_and_counts_faults():
     assert [b["record"]["step"] for b in first + second] == list(range(len(first) + len(second)))
 
 
-@pytest.mark.parametrize("pair_weight", [0.0, 0.5])
-def test_resume_mid_stream_reproduces_uninterrupted_run(pair_weight):
+@pytest.mark.parametrize("pairs", [False, True])
+def test_resume_mid_stream_reproduces_uninterrupted_run(pairs):
     def stream():
         return make_stream(10**6, 24, lambda i: ("en", "de") + (("fr",) if i % 7 == 0 else ()))
 
-    config = HybridConfig(alpha=0.7, seed=9, text_pair_weight=pair_weight, max_buffered_samples=200, fallback_after=4)
-    straight = run(HybridBatcher(config, 16), stream(), 40)
+    config = HybridConfig(alpha=0.7, max_buffered_samples=200, fallback_after=4)
+    options = {"seed": 9, "translation_pairs": pairs}
+    straight = run(HybridBatcher(config, 16, **options), stream(), 40)
 
-    first = HybridBatcher(config, 16)
+    first = HybridBatcher(config, 16, **options)
     before = run(first, stream(), 20)
     buf = io.BytesIO()
     torch.save(first.state_dict(), buf)
@@ -233,7 +234,7 @@ def test_resume_mid_stream_reproduces_uninterrupted_run(pair_weight):
     for skip_chunks in (True, False):
         buf.seek(0)
         state = torch.load(buf, weights_only=True)
-        resumed = HybridBatcher(config, 16)
+        resumed = HybridBatcher(config, 16, **options)
         resumed.load_state_dict(state, skip_chunks=skip_chunks)
         chunks = stream() if skip_chunks else itertools.islice(stream(), state["chunks_consumed"], None)
         after = run(resumed, chunks, 20)
@@ -245,8 +246,8 @@ def test_resume_mid_stream_reproduces_uninterrupted_run(pair_weight):
 
 
 def test_text_pairs_are_in_another_language_of_the_same_sample():
-    config = HybridConfig(alpha=0.5, seed=4, text_pair_weight=0.3)
-    batches = run(HybridBatcher(config, 16), make_stream(10**6, 50, en_plus_half), 200)
+    config = HybridConfig(alpha=0.5)
+    batches = run(HybridBatcher(config, 16, seed=4, translation_pairs=True), make_stream(10**6, 50, en_plus_half), 200)
     n_pairs = 0
     for b in batches:
         assert b["pair_mask"].tolist() == [p is not None for p in b["pair_captions"]]
@@ -257,17 +258,17 @@ def test_text_pairs_are_in_another_language_of_the_same_sample():
                 n_pairs += 1
                 assert pair_lang != lang and pair.startswith(f"{key} {pair_lang} ")
     assert n_pairs > 0
-    # with λ = 0 no pairs are drawn
-    plain = run(HybridBatcher(HybridConfig(alpha=0.5, seed=4), 16), make_stream(10**6, 50, en_plus_half), 5)
+    # without translation pairs none are drawn
+    plain = run(HybridBatcher(config, 16, seed=4), make_stream(10**6, 50, en_plus_half), 5)
     assert all(p is None for b in plain for p in b["pair_captions"]) and not any(b["pair_mask"].any() for b in plain)
 
 
 def test_bad_options_are_refused_with_their_name():
     with pytest.raises(ValueError, match="alpha"):
         HybridConfig(alpha=1.5)
-    with pytest.raises(ValueError, match="lang_distribution"):
+    with pytest.raises(ValueError, match="--lang-distribution"):
         HybridConfig(lang_distribution="zipf")
-    with pytest.raises(ValueError, match="max_buffered_samples"):
+    with pytest.raises(ValueError, match="--max-buffered-samples"):
         HybridBatcher(HybridConfig(max_buffered_samples=8), 16)
     with pytest.raises(ValueError, match="local batch size"):
         HybridBatcher(HybridConfig(), 0)
