@@ -682,26 +682,19 @@ def _leave_stops_to_the_main_process(worker_id: int) -> None:
 class ChunkLoader(DataLoader):
     """DataLoader over a ``ChunkStream``: tracks the epoch position and sums fault counts."""
 
-    def __init__(self, stream: ChunkStream, *, persistent_workers: bool = True, prefetch_factor: int = 2,
-                 pin_memory: bool = False):
+    def __init__(self, stream: ChunkStream, *, pin_memory: bool = False):
         workers = stream.num_workers
         # Its own generator: worker seeds must not draw from (and so shift) the trainer's global RNG.
         super().__init__(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                          generator=torch.Generator().manual_seed(stream.seed),
                          worker_init_fn=_leave_stops_to_the_main_process,
-                         persistent_workers=persistent_workers and workers > 0,
-                         prefetch_factor=prefetch_factor if workers > 0 else None)
+                         persistent_workers=workers > 0, prefetch_factor=2 if workers > 0 else None)
         self.chunks_consumed = stream.skip_chunks
         self.faults = FaultCounter()
 
     @property
     def epoch(self) -> int:
         return self.dataset.epoch
-
-    @property
-    def chunks_per_epoch(self) -> int:
-        """Chunks every rank yields in a whole epoch (the same on all ranks)."""
-        return self.dataset.plan().chunks_per_rank
 
     def set_epoch(self, epoch: int, chunks_consumed: int = 0) -> None:
         self.dataset.set_epoch(epoch, chunks_consumed)
@@ -732,33 +725,19 @@ class ChunkLoader(DataLoader):
         log("epoch %d data: %s", self.epoch, self.faults.summary())
 
 
-def build_sample_pipeline(urls: str | Sequence[str], image_transform: Callable, **options) -> SampleStream:
-    """Single-process stream of decoded samples (``key``, ``image``, ``captions``, ``mt``, ``chunk``).
-
-    ``options`` are ``SampleStream``'s (``resampled``, ``seed``, ``epoch``, ``rank``, ``world_size``,
-    ``shuffle_buffer``, ``weights``, ``samples_per_epoch``, ``draft_size``).
-    """
-    return SampleStream(urls, image_transform, **options)
-
-
 def build_loader(urls: str | Sequence[str], image_transform: Callable, *, chunk_size: int = 32, num_workers: int = 2,
-                 resampled: bool = False, seed: int = 0, epoch: int = 0, rank: int | None = None,
-                 world_size: int | None = None, shuffle_buffer: int = 1000,
-                 weights: str | Sequence[float] | None = None, samples_per_epoch: int | None = None,
-                 draft_size: int | None = None, skip_chunks: int = 0, persistent_workers: bool = True,
-                 prefetch_factor: int = 2, pin_memory: bool = False) -> ChunkLoader:
+                 resampled: bool = False, seed: int = 0, rank: int | None = None, world_size: int | None = None,
+                 shuffle_buffer: int = 1000, weights: str | Sequence[float] | None = None,
+                 samples_per_epoch: int | None = None, draft_size: int | None = None,
+                 pin_memory: bool = False) -> ChunkLoader:
     """The training loader: chunks of ``chunk_size`` samples from ``num_workers`` worker processes.
 
     Do not ``accelerator.prepare()`` it: it already splits the data by rank. Call ``set_epoch`` before
-    each epoch; save ``state_dict()`` with the trainer's checkpoint. ``skip_chunks``: chunks of
-    ``epoch`` this rank already consumed (resume). ``draft_size`` (the model's input size) turns on
-    reduced-size JPEG decoding.
+    each epoch; save ``state_dict()`` with the trainer's checkpoint and resume with ``load_state_dict``.
+    ``draft_size`` (the model's input size) turns on reduced-size JPEG decoding; ``pin_memory`` for
+    copies to a GPU.
     """
-    if skip_chunks < 0:
-        raise ValueError("skip_chunks must be >= 0")
     stream = ChunkStream(urls, image_transform, num_workers=num_workers, chunk_size=chunk_size, resampled=resampled,
-                         seed=seed, epoch=epoch, rank=rank, world_size=world_size, shuffle_buffer=shuffle_buffer,
+                         seed=seed, rank=rank, world_size=world_size, shuffle_buffer=shuffle_buffer,
                          weights=weights, samples_per_epoch=samples_per_epoch, draft_size=draft_size)
-    stream.set_epoch(epoch, skip_chunks)
-    return ChunkLoader(stream, persistent_workers=persistent_workers, prefetch_factor=prefetch_factor,
-                       pin_memory=pin_memory)
+    return ChunkLoader(stream, pin_memory=pin_memory)

@@ -24,8 +24,7 @@ the samples left waiting stay for the next call (the next epoch's stream), so no
 ``state_dict()`` holds the step, the chunks read from the current stream and the waiting samples
 themselves (images included: at most ``max_buffered_samples`` of them, the price of an exact
 resume). After ``load_state_dict`` the next call's stream must continue after those chunks (the
-loader resumes itself), or, with ``skip_chunks=True``, start over and have the batcher skip them;
-either way the batches are exactly those an uninterrupted run would have yielded.
+loader resumes itself); the batches are then exactly those an uninterrupted run would have yielded.
 """
 from __future__ import annotations
 
@@ -149,10 +148,8 @@ class HybridBatcher:
         self._counts = dict(lang_counts) if lang_counts is not None else None
         self._observed: Counter[str] = Counter()  # used only without lang_counts
         self._pool: OrderedDict[int, _Waiting] = OrderedDict()
-        self._waiting_by_lang: Counter[str] = Counter()
         self._next_id = 0
         self._source: Iterator[Mapping] = iter(())
-        self._to_skip = 0
         self._resumed = False
         self.step = 0
         self.chunks_consumed = 0
@@ -215,12 +212,10 @@ class HybridBatcher:
         sample_id = self._next_id
         self._next_id += 1
         self._pool[sample_id] = _Waiting(key, image, captions, langs)
-        self._waiting_by_lang.update(langs)
         return sample_id
 
     def _remove(self, sample_id: int) -> _Waiting:
         sample = self._pool.pop(sample_id)
-        self._waiting_by_lang.subtract(sample.langs)
         return sample
 
     def _count_faults(self, faults: Mapping[str, int]) -> None:
@@ -294,8 +289,6 @@ class HybridBatcher:
         self._source = iter(chunks)
         if self._resumed:  # count on from the restored position in this stream
             self._resumed = False
-            for _ in range(self._to_skip):
-                next(self._source, None)
         else:
             self.chunks_consumed = 0
         while (batch := self._next_batch()) is not None:
@@ -343,11 +336,6 @@ class HybridBatcher:
             },
         }
 
-    @property
-    def buffered_by_lang(self) -> dict[str, int]:
-        """Waiting samples per training language (a sample counts once for each of its languages)."""
-        return {lang: n for lang, n in self._waiting_by_lang.items() if n > 0}
-
     # --- checkpointing ---------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Step, chunks read from the current stream, observed counts, fault totals and the waiting samples."""
@@ -363,23 +351,17 @@ class HybridBatcher:
             "waiting_images": torch.stack([sample.image for sample in waiting]) if waiting else None,
         }
 
-    def load_state_dict(self, state: Mapping, skip_chunks: bool = False) -> None:
-        """Restore a :meth:`state_dict`; the next ``batcher(chunks)`` call continues from it.
-
-        By default that stream continues after the ``chunks_consumed`` chunks already read (e.g.
-        ``ChunkStream.set_epoch(epoch, chunks_consumed)``); ``skip_chunks=True``: it starts over
-        and the batcher skips them.
-        """
+    def load_state_dict(self, state: Mapping) -> None:
+        """Restore a :meth:`state_dict`; the next ``batcher(chunks)`` call continues from it, and its stream must
+        continue after the ``chunks_consumed`` chunks already read (``ChunkLoader.load_state_dict`` does)."""
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"unsupported hybrid batcher state version {state.get('version')!r}")
         self.step = int(state["step"])
         self.chunks_consumed = int(state["chunks_consumed"])
-        self._to_skip = self.chunks_consumed if skip_chunks else 0
         self._resumed = True
         self._observed = Counter(state["observed_counts"])
         self.faults = FaultCounter(state["faults"])
         self._pool.clear()
-        self._waiting_by_lang.clear()
         images = state["waiting_images"]
         for i, (key, captions) in enumerate(zip(state["waiting_keys"], state["waiting_captions"])):
             self._add(key, images[i].clone(), captions)

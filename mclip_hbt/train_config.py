@@ -114,13 +114,13 @@ class TrainConfig:
         return HybridBatcher(self.hybrid, self.batch_size // num_processes, num_processes, self.dataset_lang_counts(),
                              seed=self.seed, translation_pairs=self.text_pair_weight > 0)
 
-    def build_loader(self, image_transform: Callable, rank: int, num_processes: int,
-                     draft_size: int | None = None) -> ChunkLoader:
+    def build_loader(self, image_transform: Callable, rank: int, num_processes: int, draft_size: int | None = None,
+                     pin_memory: bool = False) -> ChunkLoader:
         """This process's share of the training shards, in chunks for the batcher."""
         return build_loader(self.train_data, image_transform, weights=self.train_data_weights,
                             chunk_size=self.chunk_size, num_workers=self.workers, resampled=self.resampled,
                             seed=self.seed, rank=rank, world_size=num_processes, shuffle_buffer=self.shuffle_buffer,
-                            samples_per_epoch=self.samples_per_epoch, draft_size=draft_size)
+                            samples_per_epoch=self.samples_per_epoch, draft_size=draft_size, pin_memory=pin_memory)
 
     def flat_options(self) -> dict[str, Any]:
         """Every option by its flag's name, nested components flattened: what ``--config`` reads back."""

@@ -546,7 +546,8 @@ def train(config: TrainConfig) -> Path:
 
             image_size = unwrapped.preprocess_cfg.size
             loader = config.build_loader(unwrapped.train_preprocess, rank, world,
-                                         draft_size=image_size if isinstance(image_size, int) else None)
+                                         draft_size=image_size if isinstance(image_size, int) else None,
+                                         pin_memory=accelerator.device.type == "cuda")
             batcher = config.build_batcher(world)
             loss_fn = ContrastiveLoss(kind=config.loss, text_pair_weight=config.text_pair_weight)
 

@@ -151,15 +151,9 @@ def test_buffer_ceiling_holds_and_absent_language_falls_back_without_stalling():
     config = HybridConfig(alpha=0.6, languages=["en", "de", "fr"], max_buffered_samples=ceiling,
                           fallback_after=fallback_after)
     batcher = HybridBatcher(config, batch, seed=2)
-    peak_by_lang = Counter()
-    records = []
-    for b in itertools.islice(batcher(make_stream(10**6, chunk, fr_late)), 400):
-        records.append(b["record"])
-        for lang, n in batcher.buffered_by_lang.items():
-            peak_by_lang[lang] = max(peak_by_lang[lang], n)
+    records = [b["record"] for b in itertools.islice(batcher(make_stream(10**6, chunk, fr_late)), 400)]
     assert len(records) == 400  # never stalled
     assert max(r["buffered"] for r in records) <= ceiling + chunk - 1
-    assert max(peak_by_lang.values()) <= ceiling + chunk - 1
     # a step reads at most fallback_after chunks looking for X, plus what a top-up needs (< 1 batch)
     assert max(r["chunks_read"] for r in records) <= fallback_after + math.ceil(batch / chunk)
     early_fr = [r for r in records if r["lang"] == "fr" and r["step"] < 3000 // batch - 10]
@@ -229,20 +223,17 @@ def test_resume_mid_stream_reproduces_uninterrupted_run(pairs):
     buf = io.BytesIO()
     torch.save(first.state_dict(), buf)
     assert first.state_dict()["waiting_keys"], "the test must resume with samples waiting"
-    # a fresh process: either the stream starts over and the batcher skips what it had read, or
-    # the loader resumes by itself after the chunks the batcher had consumed
-    for skip_chunks in (True, False):
-        buf.seek(0)
-        state = torch.load(buf, weights_only=True)
-        resumed = HybridBatcher(config, 16, **options)
-        resumed.load_state_dict(state, skip_chunks=skip_chunks)
-        chunks = stream() if skip_chunks else itertools.islice(stream(), state["chunks_consumed"], None)
-        after = run(resumed, chunks, 20)
-        for a, b in zip(straight, before + after, strict=True):
-            assert torch.equal(a["images"], b["images"])
-            assert {k: v for k, v in a.items() if k not in ("images", "pair_mask")} == \
-                {k: v for k, v in b.items() if k not in ("images", "pair_mask")}
-            assert torch.equal(a["pair_mask"], b["pair_mask"])
+    # a fresh process, whose loader resumes after the chunks the batcher had consumed
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    resumed = HybridBatcher(config, 16, **options)
+    resumed.load_state_dict(state)
+    after = run(resumed, itertools.islice(stream(), state["chunks_consumed"], None), 20)
+    for a, b in zip(straight, before + after, strict=True):
+        assert torch.equal(a["images"], b["images"])
+        assert {k: v for k, v in a.items() if k not in ("images", "pair_mask")} == \
+            {k: v for k, v in b.items() if k not in ("images", "pair_mask")}
+        assert torch.equal(a["pair_mask"], b["pair_mask"])
 
 
 def test_text_pairs_are_in_another_language_of_the_same_sample():

@@ -20,10 +20,11 @@ def main() -> None:
 
     state = Accelerator().state  # rank and world size reach the loader through the process group
     report = {"rank": state.process_index, "world_size": state.num_processes}
-    loader = build_loader(args.shards, T.ToTensor(), chunk_size=args.chunk_size, num_workers=args.workers, epoch=1)
+    loader = build_loader(args.shards, T.ToTensor(), chunk_size=args.chunk_size, num_workers=args.workers)
+    loader.set_epoch(1)
     chunks = list(loader)
     report.update(keys=[k for c in chunks for k in c["keys"]], chunks=len(chunks),
-                  planned_chunks=loader.chunks_per_epoch)
+                  planned_chunks=len(loader))
     resampled = build_loader(args.shards, T.ToTensor(), chunk_size=args.chunk_size, num_workers=args.workers,
                              resampled=True, samples_per_epoch=args.samples_per_epoch)
     sizes = [len(c["keys"]) for c in resampled]
