@@ -291,8 +291,13 @@ class HybridBatcher:
             self._resumed = False
         else:
             self.chunks_consumed = 0
-        while (batch := self._next_batch()) is not None:
-            yield batch
+        try:
+            while (batch := self._next_batch()) is not None:
+                yield batch
+        finally:  # exhausted or closed early: let go of the chunk stream, and of the loader workers behind it
+            source, self._source = self._source, iter(())
+            if hasattr(source, "close"):
+                source.close()
 
     def _next_batch(self) -> dict | None:
         step = self.step

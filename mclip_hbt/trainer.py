@@ -27,7 +27,7 @@ import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -524,6 +524,7 @@ def train(config: TrainConfig) -> Path:
         return resolve_resume(config, output_dir, world)
 
     stop: StopRequested | None = None
+    batches: Generator[dict, None, None] | None = None
     try:
         # Setup: what fails here is the caller's input (an option, the data, the output folder, a checkpoint
         # to resume) and becomes SetupError; a failure once the steps run is a fault and keeps its type.
@@ -574,7 +575,7 @@ def train(config: TrainConfig) -> Path:
 
         stop = StopRequested()
         step_log = open_step_log(output_dir / STEP_LOG, state.step) if accelerator.is_main_process else None
-        batches = iter(batcher(endless_chunks(loader, batcher, stop)))
+        batches = batcher(endless_chunks(loader, batcher, stop))
         progress = tqdm(total=config.max_steps, initial=state.step, disable=not accelerator.is_main_process,
                         desc="train", dynamic_ncols=True)
         window_start, window_samples = time.perf_counter(), 0
@@ -647,6 +648,8 @@ def train(config: TrainConfig) -> Path:
         accelerator.end_training()
         return final_dir
     finally:
+        if batches is not None:  # the loader's workers stop now, not whenever the garbage collector frees them
+            batches.close()
         if stop is not None:
             stop.restore()
         if lock is not None:

@@ -1,10 +1,10 @@
 """The trainer end to end: argument checks, exact distributed steps, resumption, faults, saved model."""
 from __future__ import annotations
 
-import gc
 import io
 import json
 import logging
+import multiprocessing
 import os
 import random
 import runpy
@@ -23,7 +23,6 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
-from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
 from data_recipes.synth_scenes import generate
 from mclip_hbt.model import MultilingualCLIP, create_model
@@ -97,23 +96,6 @@ class RunTimedOut(Exception):
 _TRAIN_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def _loader_iterators() -> list[_MultiProcessingDataLoaderIter]:
-    return [o for o in gc.get_objects() if type(o) is _MultiProcessingDataLoaderIter]
-
-
-def _stop_leftover_workers(existing: list) -> None:
-    """Stop the DataLoader workers a finished run left running, as the end of its process would.
-
-    train() leaves its loader's iterator in a reference cycle; when the garbage collector later frees
-    it, the workers' shutdown message is lost and each worker is waited for 5 s and then killed (a
-    process that ends never waits: its daemonic workers are terminated at exit). Shutting them down now,
-    while the iterator is intact, takes milliseconds. ``existing``: iterators from before the run, left alone.
-    """
-    for leftover in _loader_iterators():
-        if not any(leftover is other for other in existing):
-            leftover._shutdown_workers()
-
-
 def _train_in_process(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
     """``_train`` without the new process (its ~10 s of imports): train.py's ``cli_main`` in this process.
 
@@ -129,7 +111,6 @@ def _train_in_process(args: list[str], timeout: int = 240) -> subprocess.Complet
     handlers, level = list(root.handlers), root.level
     rng = random.getstate(), np.random.get_state(), torch.get_rng_state()
     saved_env = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "ACCELERATE_USE_CPU")}
-    iterators = _loader_iterators()
 
     def expire(signum, frame):
         raise RunTimedOut(f"train.py {' '.join(args)} still running after {timeout} s")
@@ -165,10 +146,19 @@ def _train_in_process(args: list[str], timeout: int = 240) -> subprocess.Complet
             random.setstate(rng[0])
             np.random.set_state(rng[1])
             torch.set_rng_state(rng[2])
-            _stop_leftover_workers(iterators)
             err.close()
         stderr = (Path(where) / "stderr.txt").read_text(encoding="utf-8", errors="replace")
     return subprocess.CompletedProcess(args, int(code), "", stderr)
+
+
+def test_a_finished_run_stops_its_loader_workers(shards, tmp_path):
+    # A library caller (a notebook, a sweep in one process) must not keep idle workers until the garbage
+    # collector happens to free the loader.
+    before = set(multiprocessing.active_children())
+    result = _train_in_process(["--train-data", str(shards), "--output-dir", str(tmp_path / "run"),
+                                "--max-steps", "2", "--workers", "2"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert set(multiprocessing.active_children()) - before == set()
 
 
 @pytest.mark.parametrize("args, option", [
