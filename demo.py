@@ -39,7 +39,7 @@ from pathlib import Path
 
 from data_recipes import emoji_world, synth_scenes
 from data_recipes.worlds import SettingsMismatch
-from eval.report import default_groups, groups_from_world
+from eval.report import groups_from_world
 from mclip_hbt.bundled import BUNDLED_E5, bundled_model_path
 from mclip_hbt.languages import XTD_LANGS, parse_lang_list
 from mclip_hbt.paths import REPO_ROOT, shared_data_dir
@@ -170,8 +170,23 @@ def untrained_baselines(out: Path, data_dir: Path, world: str, langs: list[str],
     return results
 
 
+def synth_groups() -> dict[str, list[str]]:
+    """high / low / unseen languages of synth_scenes' default training profile."""
+    _, fractions = synth_scenes.resolve_profile("default")
+    return {"high": [lang for lang, p in fractions.items() if p == 1.0],
+            "low": [lang for lang, p in fractions.items() if 0.0 < p < 1.0],
+            "unseen": [lang for lang, p in fractions.items() if p == 0.0]}
+
+
 def group_table(world: str, data_dir: Path) -> dict[str, list[str]]:
-    return groups_from_world(data_dir / emoji_world.LANGUAGES_FILE) if world == "emoji" else default_groups()
+    return groups_from_world(data_dir / emoji_world.LANGUAGES_FILE) if world == "emoji" else synth_groups()
+
+
+def report_group_args(world: str, data_dir: Path) -> list[str]:
+    """eval.report's grouping flags for a world: its languages.json, or synth_scenes' profile groups."""
+    if world == "emoji":
+        return ["--world", str(data_dir / emoji_world.LANGUAGES_FILE)]
+    return ["--groups", ";".join(f"{group}={','.join(langs)}" for group, langs in synth_groups().items() if langs)]
 
 
 def print_table(results: dict[str, dict], baselines: dict[str, dict], groups: dict[str, list[str]]) -> str:
@@ -226,10 +241,8 @@ def demo(args: argparse.Namespace, data_dir: Path) -> None:
     model_dir = stage_train(out, data_dir, WORLDS[world].config, args.alpha, args.seed, args.steps)
     results = evaluate_run(out, model_dir, data_dir, world, langs, text_cache, real_xtd)
     baselines = untrained_baselines(out, data_dir, world, langs, text_cache, real_xtd, world_splits=False)
-    report = [sys.executable, "-m", "eval.report", str(out / "eval"), "--out", str(out / "report")]
-    if world == "emoji":
-        report += ["--world", str(data_dir / emoji_world.LANGUAGES_FILE)]
-    run(report)
+    run([sys.executable, "-m", "eval.report", str(out / "eval"), "--out", str(out / "report"),
+         *report_group_args(world, data_dir)])
     table = print_table({k: _load(v) for k, v in results.items()}, {k: _load(v) for k, v in baselines.items()},
                         group_table(world, data_dir))
     (out / "results_table.txt").write_text(table + "\n")
@@ -275,9 +288,7 @@ def sweep(args: argparse.Namespace, data_dir: Path) -> None:
                          + "; ".join(failed))
     report = [sys.executable, "-m", "eval.report", str(out), "--out", str(out / "report")]
     report += [arg for path in baselines.values() for arg in ("--baseline", str(path))]
-    if world == "emoji":
-        report += ["--world", str(data_dir / emoji_world.LANGUAGES_FILE)]
-    run(report)
+    run(report + report_group_args(world, data_dir))
     print((out / "report" / "report.md").read_text(), flush=True)
 
 

@@ -25,8 +25,8 @@ import numpy as np
 from PIL import Image, features
 from tqdm import tqdm
 
-from eval.results import machine_info
 from mclip_hbt.paths import REPO_ROOT
+from mclip_hbt.runtime import machine_info
 from mclip_hbt.shards import CaptionShardWriter
 
 # open_clip_train.data also imports pandas (for CSV datasets), which our venv lacks; the rest of what

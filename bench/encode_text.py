@@ -23,12 +23,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from eval.benchmark_data import load_xtd_split
-from eval.results import machine_info, now_iso, package_versions
 from mclip_hbt.bundled import BUNDLED_E5, E5_QUERY_PREFIX
 from mclip_hbt.encoding import encode_in_length_order
 from mclip_hbt.fileio import write_json_atomic
 from mclip_hbt.languages import XTD_LANGS
 from mclip_hbt.paths import REPO_ROOT, shared_data_dir
+from mclip_hbt.runtime import machine_info, now_iso, package_versions
 from mclip_hbt.text_tower import TextTower
 
 PRECISIONS = ("fp32", "bf16")

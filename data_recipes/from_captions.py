@@ -26,9 +26,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data_recipes.caption_files import CaptionFileError, read_aligned_captions
-from data_recipes.images import PIL_FORMATS, ImageFinder, encode_image
+from data_recipes.images import PIL_FORMATS, encode_image
+from mclip_hbt.caption_files import CaptionFileError, read_aligned_captions
 from mclip_hbt.fileio import OutputError, check_output_dir, parse_json, write_text_atomic
+from mclip_hbt.images import ImageFinder
 from mclip_hbt.languages import canonical_lang, parse_lang_list
 from mclip_hbt.shards import CaptionShardWriter
 

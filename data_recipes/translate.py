@@ -26,10 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from braceexpand import braceexpand
 from tqdm import tqdm
 
-from mclip_hbt.data import FaultCounter, parse_sample, read_tar_samples
+from mclip_hbt.data import FaultCounter, expand_shards, parse_sample, read_tar_samples
 from mclip_hbt.fileio import OutputError, check_output_dir, parse_json
 from mclip_hbt.languages import canonical_lang, parse_lang_list
 from mclip_hbt.shards import CaptionShardWriter, ShardSample
@@ -145,13 +144,6 @@ def translate_shard(samples: list[ShardSample], translator: Translator, source: 
     return list(zip(samples, captions, mts))
 
 
-def expand_shards(spec: str) -> list[Path]:
-    """A folder (its ``*.tar`` files, sorted) or a brace pattern such as ``dir/shard-{000000..000009}.tar``."""
-    if Path(spec).is_dir():
-        return sorted(Path(spec).glob("*.tar"))
-    return [Path(p) for p in braceexpand(spec)]
-
-
 def input_metadata(shards: list[Path]) -> dict:
     """The input's dataset.json (beside the first shard), or ``{}`` when there is none; ``ValueError``
     when it is not a JSON object."""
@@ -202,9 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    shards = expand_shards(args.shards)
-    if not shards:
-        parser.error(f"--shards: no .tar files in {args.shards}")
+    try:
+        shards = [Path(shard.url) for shard in expand_shards(args.shards)]
+    except ValueError as err:  # no shards, or a folder whose sizes.json does not match its tars
+        parser.error(f"--shards: {err}")
     missing = [str(p) for p in shards if not p.is_file()]
     if missing:
         parser.error(f"--shards: {len(missing)} files do not exist, e.g. {missing[0]}")

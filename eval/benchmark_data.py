@@ -20,8 +20,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_recipes.caption_files import CaptionFileError, read_lines
-from data_recipes.images import ImageFinder
+from mclip_hbt.caption_files import CaptionFileError, read_lines
+from mclip_hbt.images import ImageFinder
 from mclip_hbt.languages import XTD_LANGS, canonical_lang
 
 XTD_NAMES_FILE = "test_image_names.txt"

@@ -12,12 +12,12 @@ from mclip_hbt.fileio import OutputError, check_output_dir, check_output_file, p
 from mclip_hbt.hub import ModelUnavailableError
 from mclip_hbt.languages import parse_lang_list
 from mclip_hbt.model import TRAIN_META_NAME
+from mclip_hbt.runtime import now_iso, package_versions
 
 from .benchmark_data import RetrievalSplit
 from .evaluate import SplitResult, evaluate_split
 from .metrics import NonFiniteEmbeddingsError
 from .models import SPEC_FORMS, RetrievalModel, load_retrieval_model
-from .results import now_iso, package_versions
 from .text_cache import TextFeatureCache
 
 

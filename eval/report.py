@@ -24,7 +24,6 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_recipes.synth_scenes import resolve_profile
 from mclip_hbt.fileio import OutputError, check_output_dir, parse_json, write_json_atomic, write_text_atomic
 from mclip_hbt.languages import canonical_lang
 
@@ -41,14 +40,6 @@ class RunResult:
     seed: int | None
     summaries: dict[str, dict]  # benchmark (part) → summary
     batches: dict | None = None  # the trainer's summary of the batches it drew (mclip_hbt.hybrid.summarize_records)
-
-
-def default_groups() -> dict[str, list[str]]:
-    """high / low / unseen languages of synth_scenes' default training profile."""
-    _, fractions = resolve_profile("default")
-    return {"high": [lang for lang, p in fractions.items() if p == 1.0],
-            "low": [lang for lang, p in fractions.items() if 0.0 < p < 1.0],
-            "unseen": [lang for lang, p in fractions.items() if p == 0.0]}
 
 
 def groups_from_world(path: Path) -> dict[str, list[str]]:
@@ -431,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, required=True, help="folder for report.md, report.json and the plots")
     parser.add_argument("--groups", default=None,
                         help="language groups, e.g. 'high=en,de,es,fr,zh;low=it,pl,tr;unseen=ru,ko,ja' "
-                             "(default: the synth_scenes default profile's groups)")
+                             "(default: no groups; every language in one 'other' column)")
     parser.add_argument("--world", type=Path, default=None,
                         help="a world's languages.json (data_recipes.emoji_world): group languages by training "
                              "group × inside/outside the encoder's pre-training (instead of --groups)")
@@ -452,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.groups and args.world:
             raise ValueError("give --groups or --world, not both")
         groups = (parse_groups(args.groups) if args.groups else groups_from_world(args.world) if args.world
-                  else default_groups())
+                  else {})
         baselines = {}
         for file in args.baseline:
             doc = read_result_document(file)

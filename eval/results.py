@@ -31,48 +31,11 @@ appear in this file.
 """
 from __future__ import annotations
 
-import datetime as _dt
-import importlib.metadata
-import os
-import platform
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from mclip_hbt.fileio import write_json_atomic
-
-VERSIONED_PACKAGES = ("mclip-hbt", "torch", "open_clip_torch", "transformers", "tokenizers")
-
-
-def package_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in VERSIONED_PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def machine_info() -> dict:
-    """Where a measurement ran: CPU, core count, OS, Python, OpenMP threads, load when it started."""
-    return {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-            "load_average_at_start": list(os.getloadavg())}
-
-
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def write_results(path: str | Path, records: list[dict], summary: dict, meta: dict) -> Path:

@@ -72,6 +72,7 @@ from webdataset.tariterators import base_plus_ext, tar_file_iterator
 from mclip_hbt.fileio import parse_json
 from mclip_hbt.images import ImageError, open_image
 from mclip_hbt.languages import canonical_lang
+from mclip_hbt.runtime import distributed_rank_world
 from mclip_hbt.shards import IMAGE_EXTS
 
 logger = logging.getLogger(__name__)
@@ -246,20 +247,6 @@ def epoch_length(shards: Sequence[Shard], *, resampled: bool, samples_per_epoch:
     if samples_per_epoch < 1:
         raise DataOptionError("samples_per_epoch", f"samples_per_epoch must be >= 1, got {samples_per_epoch}")
     return samples_per_epoch
-
-
-def distributed_rank_world(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
-    """Explicit values, else the initialised process group, else ``RANK``/``WORLD_SIZE`` (accelerate sets them)."""
-    if rank is None or world_size is None:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            env_rank, env_world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-        else:
-            env_rank, env_world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-        rank = env_rank if rank is None else rank
-        world_size = env_world if world_size is None else world_size
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is outside world size {world_size}")
-    return rank, world_size
 
 
 # -------------------------------------------------------------------------------------- epoch plan

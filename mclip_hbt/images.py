@@ -12,11 +12,13 @@ both call :func:`open_image`, so a picture looks the same in a shard and in a tr
   that decode to gigabytes) is refused before it is decoded.
 
 Every failure is an :class:`ImageError`, so a caller has one thing to catch and count.
+:class:`ImageFinder` resolves the image names that caption lists use (recipes and benchmarks alike).
 """
 from __future__ import annotations
 
 import io
 import os
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -63,3 +65,39 @@ def to_rgb(image: Image.Image) -> Image.Image:
         white = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(white, image.convert("RGBA"))
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+class ImageFinder:
+    """Resolve an image name against a folder: the relative path first, then the file name anywhere below.
+
+    The fallback covers layouts such as COCO, whose ``COCO_val2014_*.jpg`` files live in ``val2014/``
+    while caption lists give bare file names. The recursive index is built once, on the first miss.
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self._by_name: dict[str, Path] | None = None
+
+    def escapes(self, name: str) -> bool:
+        """Whether ``name`` points outside the folder (an absolute path, or ``..`` climbing out of it).
+
+        Checked on the name alone: symbolic links inside the folder are the user's own layout
+        (a ``train2014`` link to another disk), while a caption list must not name ``/etc/hostname``.
+        """
+        relative = os.path.normpath(name)
+        return os.path.isabs(relative) or relative == os.pardir or relative.startswith(os.pardir + os.sep)
+
+    def find(self, name: str) -> Path | None:
+        """The image file ``name`` names, or None when there is none inside the folder (see :meth:`escapes`)."""
+        if self.escapes(name):
+            return None
+        direct = self.root / name
+        if direct.is_file():
+            return direct
+        if self._by_name is None:
+            self._by_name = {}
+            for dirpath, dirnames, filenames in os.walk(self.root):
+                dirnames.sort()  # first match in sorted order, so duplicates resolve the same way every run
+                for filename in sorted(filenames):
+                    self._by_name.setdefault(filename, Path(dirpath) / filename)
+        return self._by_name.get(Path(name).name)

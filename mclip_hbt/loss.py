@@ -23,14 +23,9 @@ import torch.nn.functional as F
 from open_clip.loss import ClipLoss, SigLipLoss
 from torch import nn
 
+from .runtime import process_group_rank_world
+
 LOSS_KINDS = ("clip", "siglip")
-
-
-def _world() -> tuple[int, int]:
-    """(rank, world size) of the default process group; (0, 1) without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 #: torch marks its autograd all_gather deprecated in favour of a private API; it is still the public one that
@@ -44,7 +39,7 @@ def gather_with_grad(features: torch.Tensor) -> torch.Tensor:
     The backward pass sends each rank the sum of all ranks' gradients for its rows. Identity in a
     single process.
     """
-    _, world = _world()
+    _, world = process_group_rank_world()
     if world == 1:
         return features
     with warnings.catch_warnings():
@@ -54,7 +49,7 @@ def gather_with_grad(features: torch.Tensor) -> torch.Tensor:
 
 def check_equal_local_batches(local_batch: int, device: torch.device) -> None:
     """Raise ``ValueError`` unless every rank holds ``local_batch`` rows (no-op in a single process)."""
-    _, world = _world()
+    _, world = process_group_rank_world()
     if world == 1:
         return
     sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(world)]
@@ -84,7 +79,7 @@ def text_pair_loss(text_features: torch.Tensor, pair_features: torch.Tensor, pai
     loss is the mean over the paired rows of all ranks; each rank returns ``world * (its rows' sum) /
     (global count)`` so that averaging gradients over ranks (DDP) reproduces it exactly.
     """
-    rank, world = _world()
+    rank, world = process_group_rank_world()
     all_text, all_pairs = gather_with_grad(text_features), gather_with_grad(pair_features)
     labels = torch.arange(text_features.shape[0], device=text_features.device) + rank * text_features.shape[0]
     valid_local = pair_mask.to(device=text_features.device, dtype=torch.bool)
@@ -112,7 +107,7 @@ class ContrastiveLoss(nn.Module):
             raise ValueError(f"text_pair_weight must be >= 0, got {text_pair_weight}")
         self.kind = kind
         self.text_pair_weight = text_pair_weight
-        rank, world = _world()
+        rank, world = process_group_rank_world()
         self.image_text = (SigLipLoss(rank=rank, world_size=world) if kind == "siglip" else
                            ClipLoss(local_loss=True, gather_with_grad=True, rank=rank, world_size=world))
 

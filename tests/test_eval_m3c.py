@@ -9,9 +9,9 @@ import pytest
 from conftest import copy_first_lines
 from PIL import Image
 
-from data_recipes.caption_files import read_lines
 from eval import m3c
 from eval.benchmark_data import load_multi30k_test2016
+from mclip_hbt.caption_files import read_lines
 
 MULTI30K = ["en", "de", "fr", "cs"]
 COCO = ["en", "ja", "zh"]

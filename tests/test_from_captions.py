@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from data_recipes.caption_files import CaptionFileError, read_aligned_captions, read_lines
 from data_recipes.from_captions import main as from_captions
+from mclip_hbt.caption_files import CaptionFileError, read_aligned_captions, read_lines
 
 XTD_FILES = {"en": "XTD10", "es": "XTD10", "it": "XTD10", "ko": "XTD10", "pl": "XTD10", "ru": "XTD10",
              "tr": "XTD10", "zh": "XTD10", "de": "MIC", "fr": "MIC", "jp": "STAIR"}
@@ -205,7 +205,7 @@ def test_missing_and_corrupt_images_are_skipped_and_reported(tmp_path):
     meta = json.loads((tmp_path / "out/dataset.json").read_text())
     assert meta["num_samples"] == 5 and meta["num_shards"] == 3
     assert meta["skipped"] == {"missing": 1, "unreadable": 2}
-    assert meta["languages"]["en"] == {"samples": 5, "captions": 5, "mt_captions": 0}
+    assert meta["languages"]["en"] == {"samples": 5, "captions": 5, "mt_captions": 0, "mt_samples": 0}
 
 
 def test_images_shrink_to_max_side_but_never_grow(tmp_path):
