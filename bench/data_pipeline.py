@@ -85,12 +85,13 @@ def timed(batches, count, warmup_batches: int) -> dict:
 def bench_ours(args) -> dict:
     import open_clip
 
-    from mclip_hbt.data import build_loader
+    from mclip_hbt.data import LoaderConfig, build_loader
 
     transform = open_clip.image_transform(224, is_train=True)
-    loader = build_loader(args.shards, transform, chunk_size=args.batch_size, num_workers=args.workers,
-                          resampled=args.resampled, samples_per_epoch=args.num_samples if args.resampled else None,
-                          draft_size=args.draft_size or None, persistent_workers=False)
+    loader = build_loader(LoaderConfig(train_data=args.shards, chunk_size=args.batch_size, workers=args.workers,
+                                       resampled=args.resampled,
+                                       samples_per_epoch=args.num_samples if args.resampled else None), transform,
+                                       draft_size=args.draft_size or None)
     result = timed(loader, lambda chunk: len(chunk["keys"]), warmup_batches=args.workers)
     result["faults"] = dict(loader.faults)
     return result

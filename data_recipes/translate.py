@@ -31,6 +31,7 @@ from tqdm import tqdm
 from mclip_hbt.data import FaultCounter, expand_shards, parse_sample, read_tar_samples
 from mclip_hbt.fileio import OutputError, check_output_dir, parse_json
 from mclip_hbt.languages import canonical_lang, parse_lang_list
+from mclip_hbt.options import OptionError
 from mclip_hbt.shards import CaptionShardWriter, ShardSample
 
 #: ISO 639-1 → NLLB-200 (FLORES-200) code, for every language the project knows.
@@ -196,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         shards = [Path(shard.url) for shard in expand_shards(args.shards)]
-    except ValueError as err:  # no shards, or a folder whose sizes.json does not match its tars
-        parser.error(f"--shards: {err}")
+    except OptionError as err:  # no shards, or a folder whose sizes.json does not match its tars
+        parser.error(f"--shards: {err.message}")
     missing = [str(p) for p in shards if not p.is_file()]
     if missing:
         parser.error(f"--shards: {len(missing)} files do not exist, e.g. {missing[0]}")

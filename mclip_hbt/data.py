@@ -72,6 +72,7 @@ from webdataset.tariterators import base_plus_ext, tar_file_iterator
 from mclip_hbt.fileio import parse_json
 from mclip_hbt.images import ImageError, open_image
 from mclip_hbt.languages import canonical_lang
+from mclip_hbt.options import OptionError, option
 from mclip_hbt.runtime import distributed_rank_world
 from mclip_hbt.shards import IMAGE_EXTS
 
@@ -128,15 +129,6 @@ class Shard:
     weight: float  # source weight, for resampling
 
 
-class DataOptionError(ValueError):
-    """Shards and options from which no epoch can be planned; ``option`` names the parameter at fault
-    (``urls``, ``weights`` or ``samples_per_epoch``, as ``build_loader`` calls them)."""
-
-    def __init__(self, option: str, message: str):
-        super().__init__(message)
-        self.option = option
-
-
 def _sizes_file(directory: str, cache: dict[str, dict | None]) -> dict | None:
     """A directory's parsed ``sizes.json`` (read once per directory); None when absent or unreadable."""
     if directory not in cache:
@@ -168,12 +160,12 @@ def _check_directory(source: str, tar_paths: list[str], cache: dict[str, dict | 
     redo = "it looks like an interrupted write: re-run the recipe that made it (data_recipes.from_captions, " \
            "synth_scenes or translate) into an empty folder"
     if sizes is None:
-        raise DataOptionError("urls", f"{source} holds {len(tar_paths)} .tar shard(s) but no readable sizes.json; "
+        raise OptionError("train_data", f"{source} holds {len(tar_paths)} .tar shard(s) but no readable sizes.json; "
                                       f"{redo}")
     present = {os.path.basename(path) for path in tar_paths}
     unlisted, missing = sorted(present - sizes.keys()), sorted(sizes.keys() - present)
     if unlisted or missing:
-        raise DataOptionError("urls", f"{source}: sizes.json does not match the .tar files present "
+        raise OptionError("train_data", f"{source}: sizes.json does not match the .tar files present "
                                       f"({len(unlisted)} not listed, e.g. {unlisted[:3]}; {len(missing)} listed but "
                                       f"absent, e.g. {missing[:3]}); {redo}")
 
@@ -195,12 +187,13 @@ def expand_shards(urls: str | Sequence[str], weights: str | Sequence[float] | No
         try:
             factors = [float(w) for w in given]
         except (TypeError, ValueError):
-            raise DataOptionError("weights", "data weights must be numbers, one per source, like '1::0.5'; "
-                                             f"got {weights!r}") from None
+            raise OptionError("train_data_weights", "data weights must be numbers, one per source, like "
+                                                    f"'1::0.5'; got {weights!r}") from None
         if len(factors) != len(sources):
-            raise DataOptionError("weights", f"got {len(factors)} data weights for {len(sources)} sources")
+            raise OptionError("train_data_weights", f"got {len(factors)} data weights for {len(sources)} sources")
         if not all(math.isfinite(w) and w >= 0 for w in factors) or not any(w > 0 for w in factors):
-            raise DataOptionError("weights", f"data weights must be finite, >= 0 and not all zero; got {weights!r}")
+            raise OptionError("train_data_weights", "data weights must be finite, >= 0 and not all zero; got "
+                                                    f"{weights!r}")
     sizes_cache: dict[str, dict | None] = {}
     shards = []
     for source, factor in zip(sources, factors):
@@ -209,11 +202,14 @@ def expand_shards(urls: str | Sequence[str], weights: str | Sequence[float] | No
             urls_of_source = sorted(glob.glob(os.path.join(source, "*.tar")))
             _check_directory(source, urls_of_source, sizes_cache)
         else:
-            urls_of_source = wds.shardlists.expand_urls(source)
+            try:
+                urls_of_source = wds.shardlists.expand_urls(source)
+            except ValueError as err:  # a brace pattern webdataset cannot expand
+                raise OptionError("train_data", str(err)) from None
         for url in urls_of_source:
             shards.append(Shard(url, _read_sizes(url, sizes_cache), factor))
     if not shards:
-        raise DataOptionError("urls", f"no shards in {urls!r}")
+        raise OptionError("train_data", f"no shards in {urls!r}")
     return shards
 
 
@@ -221,31 +217,31 @@ def epoch_length(shards: Sequence[Shard], *, resampled: bool, samples_per_epoch:
                  weighted: bool = False) -> int | None:
     """Samples per rank per epoch in resampled mode (default: the shards' total / ranks), None otherwise.
 
-    Raises ``DataOptionError`` for options no epoch can be planned from (the trainer checks them
+    Raises ``OptionError`` for options no epoch can be planned from (the trainer checks them
     with this before it builds a model): shards that hold no samples, weights without resampling,
     a non-resampled epoch without ``sizes.json`` counts, a bad ``samples_per_epoch``.
     """
     missing = [s.url for s in shards if s.size is None]
     if not missing and not any(s.size for s in shards):
-        raise DataOptionError("urls", f"the {len(shards)} shard(s) hold no samples (sizes.json gives 0 for each, "
-                                      f"e.g. {shards[0].url}): build them again")
+        raise OptionError("train_data", f"the {len(shards)} shard(s) hold no samples (sizes.json gives 0 for "
+                                        f"each, e.g. {shards[0].url}): build them again")
     if weighted and not resampled:
-        raise DataOptionError("weights", "data weights need resampled mode (train.py --resampled), as in open_clip")
+        raise OptionError("train_data_weights", "data weights need resampled mode (--resampled), as in open_clip")
     if not resampled:
         if samples_per_epoch is not None:
-            raise DataOptionError("samples_per_epoch", "samples_per_epoch sets the epoch length of resampled mode only")
+            raise OptionError("samples_per_epoch", "sets the epoch length of resampled mode only (add --resampled)")
         if missing:
-            raise DataOptionError("urls", f"no sample count for {missing[0]} ({len(missing)} shards): a non-resampled "
-                                          "epoch is planned from sizes.json beside the shards (mclip_hbt.shards "
-                                          "writes it)")
+            raise OptionError("train_data", f"no sample count for {missing[0]} ({len(missing)} shards): a "
+                                            "non-resampled epoch is planned from sizes.json beside the shards "
+                                            "(mclip_hbt.shards writes it)")
         return None
     if samples_per_epoch is None:
         if missing:
-            raise DataOptionError("samples_per_epoch",
-                                  "resampled mode needs samples_per_epoch when shards have no sizes.json")
+            raise OptionError("samples_per_epoch",
+                                  "resampled mode needs it when the shards have no sizes.json")
         return math.ceil(sum(s.size for s in shards) / world_size)
     if samples_per_epoch < 1:
-        raise DataOptionError("samples_per_epoch", f"samples_per_epoch must be >= 1, got {samples_per_epoch}")
+        raise OptionError("samples_per_epoch", f"must be >= 1, got {samples_per_epoch}")
     return samples_per_epoch
 
 
@@ -484,34 +480,48 @@ def decode_sample(raw: dict, image_transform: Callable, faults: FaultCounter, dr
 
 # ---------------------------------------------------------------------------------------- datasets
 
+@dataclass
+class LoaderConfig:
+    """Which shards the training samples come from and how they are read; each field is a ``train.py`` option."""
+
+    train_data: str | Sequence[str] | None = option(None, "Training shards: brace patterns or directories; several "
+                                                          "sources joined by '::'.")
+    train_data_weights: str | Sequence[float] | None = option(None, "Sampling weights of the '::' sources, e.g. "
+                                                                    "'1::0.5' (resampled mode).")
+    resampled: bool = option(False, "Draw shards with replacement (infinite stream; recommended for multi-node "
+                                    "runs).")
+    samples_per_epoch: int | None = option(None, "With --resampled: samples per rank per epoch (default: the "
+                                                 "shards' total / ranks).")
+    workers: int = option(2, "DataLoader worker processes per rank (0 = decode in the main process).")
+    chunk_size: int = option(32, "Samples per chunk that a worker hands to the hybrid batcher.")
+    shuffle_buffer: int = option(1000, "Sample shuffle buffer per worker.")
+
+    def __post_init__(self) -> None:
+        for name, least in (("workers", 0), ("chunk_size", 1), ("shuffle_buffer", 0)):
+            if getattr(self, name) < least:
+                raise OptionError(name, f"must be >= {least}, got {getattr(self, name)}")
+
+
 class SampleStream(IterableDataset):
     """Decoded samples of this rank (and DataLoader worker) for the current epoch, in stream order.
 
     Each sample also carries ``chunk``: the index of the chunk it belongs to in its slot's plan.
     """
 
-    def __init__(self, urls: str | Sequence[str], image_transform: Callable, *, num_workers: int = 0,
-                 chunk_size: int = 32, resampled: bool = False, seed: int = 0, epoch: int = 0,
-                 rank: int | None = None, world_size: int | None = None, shuffle_buffer: int = 1000,
-                 weights: str | Sequence[float] | None = None, samples_per_epoch: int | None = None,
-                 draft_size: int | None = None):
+    def __init__(self, config: LoaderConfig, image_transform: Callable, *, seed: int = 0, epoch: int = 0,
+                 rank: int | None = None, world_size: int | None = None, draft_size: int | None = None):
         super().__init__()
-        if chunk_size < 1:
-            raise ValueError("chunk_size must be >= 1")
-        if num_workers < 0:
-            raise ValueError("num_workers must be >= 0")
-        if shuffle_buffer < 0:
-            raise ValueError("shuffle_buffer must be >= 0")
-        self.shards = expand_shards(urls, weights)
+        self.shards = expand_shards(config.train_data, config.train_data_weights)
         self.rank, self.world_size = distributed_rank_world(rank, world_size)
-        samples_per_epoch = epoch_length(self.shards, resampled=resampled, samples_per_epoch=samples_per_epoch,
-                                         world_size=self.world_size, weighted=weights is not None)
+        samples_per_epoch = epoch_length(self.shards, resampled=config.resampled,
+                                         samples_per_epoch=config.samples_per_epoch, world_size=self.world_size,
+                                         weighted=config.train_data_weights is not None)
         self.image_transform = image_transform
-        self.num_workers = num_workers
-        self.chunk_size = chunk_size
-        self.resampled = resampled
+        self.num_workers = config.workers
+        self.chunk_size = config.chunk_size
+        self.resampled = config.resampled
         self.seed = seed
-        self.shuffle_buffer = shuffle_buffer
+        self.shuffle_buffer = config.shuffle_buffer
         self.samples_per_epoch = samples_per_epoch
         self.draft_size = draft_size
         # shared with (persistent) worker processes, like open_clip's SharedEpoch
@@ -712,19 +722,14 @@ class ChunkLoader(DataLoader):
         log("epoch %d data: %s", self.epoch, self.faults.summary())
 
 
-def build_loader(urls: str | Sequence[str], image_transform: Callable, *, chunk_size: int = 32, num_workers: int = 2,
-                 resampled: bool = False, seed: int = 0, rank: int | None = None, world_size: int | None = None,
-                 shuffle_buffer: int = 1000, weights: str | Sequence[float] | None = None,
-                 samples_per_epoch: int | None = None, draft_size: int | None = None,
-                 pin_memory: bool = False) -> ChunkLoader:
-    """The training loader: chunks of ``chunk_size`` samples from ``num_workers`` worker processes.
+def build_loader(config: LoaderConfig, image_transform: Callable, *, seed: int = 0, rank: int | None = None,
+                 world_size: int | None = None, draft_size: int | None = None, pin_memory: bool = False) -> ChunkLoader:
+    """The training loader: chunks of ``config.chunk_size`` samples from ``config.workers`` worker processes.
 
     Do not ``accelerator.prepare()`` it: it already splits the data by rank. Call ``set_epoch`` before
     each epoch; save ``state_dict()`` with the trainer's checkpoint and resume with ``load_state_dict``.
     ``draft_size`` (the model's input size) turns on reduced-size JPEG decoding; ``pin_memory`` for
     copies to a GPU.
     """
-    stream = ChunkStream(urls, image_transform, num_workers=num_workers, chunk_size=chunk_size, resampled=resampled,
-                         seed=seed, rank=rank, world_size=world_size, shuffle_buffer=shuffle_buffer,
-                         weights=weights, samples_per_epoch=samples_per_epoch, draft_size=draft_size)
+    stream = ChunkStream(config, image_transform, seed=seed, rank=rank, world_size=world_size, draft_size=draft_size)
     return ChunkLoader(stream, pin_memory=pin_memory)

@@ -21,9 +21,10 @@ class OptionError(ValueError):
     def __init__(self, option: str, message: str):
         super().__init__(message)
         self.option = option
+        self.message = message  # without the flag, for a caller whose own flag carries the value
 
     def __str__(self) -> str:
-        return f"--{self.option.replace('_', '-')}: {super().__str__()}"
+        return f"--{self.option.replace('_', '-')}: {self.message}"
 
 
 def option(default: Any, help: str, **metadata) -> Any:

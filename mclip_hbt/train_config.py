@@ -1,8 +1,9 @@
 """Training options: one dataclass, read from YAML, overridden by ``--kebab-case`` flags, checked before any work.
 
 Every option is declared once, with its default, ``--help`` text and checks, on the dataclass of the component
-that uses it: the batcher's on ``HybridConfig`` (nested here as ``hybrid``), the rest here. Flags and YAML keys
-are flat (``--alpha``, ``alpha:``) whichever dataclass declares them.
+that uses it: the loader's on ``LoaderConfig`` (nested here as ``data``), the batcher's on ``HybridConfig``
+(``hybrid``), the rest here. Flags and YAML keys are flat (``--alpha``, ``alpha:``) whichever dataclass
+declares them.
 """
 from __future__ import annotations
 
@@ -16,17 +17,15 @@ from typing import Any
 
 import yaml
 
-from .data import ChunkLoader, DataOptionError, build_loader, epoch_length, expand_shards
+from .data import ChunkLoader, LoaderConfig, build_loader, epoch_length, expand_shards
 from .hybrid import HybridBatcher, HybridConfig
 from .loss import LOSS_KINDS
 from .model import CONFIG_NAME, MultilingualCLIPConfig
 from .options import OptionError, check_value, option, option_fields, scalar_type
 
-#: The option each ``build_loader`` parameter comes from, for messages that name it.
-_DATA_OPTIONS = {"urls": "train_data", "weights": "train_data_weights", "samples_per_epoch": "samples_per_epoch"}
 MIXED_PRECISION = ("no", "bf16", "fp16")
 #: Component configs nested in TrainConfig, whose option fields are flags and YAML keys of their own.
-NESTED = {"hybrid": HybridConfig}
+NESTED = {"data": LoaderConfig, "hybrid": HybridConfig}
 
 
 @dataclass
@@ -49,17 +48,8 @@ class TrainConfig:
                                  "convolutions on CPUs and tensor cores (EfficientNet-Lite0's forward and backward "
                                  "take about a quarter less time on this project's 2-core CPU).")
     compile: bool = option(False, "torch.compile the model (dynamic shapes: captions are padded per batch).")
-    # data
-    train_data: str | None = option(None, "Training shards: brace patterns or directories; several sources joined by "
-                                    "'::'.")
-    train_data_weights: str | None = option(None, "Sampling weights of the '::' sources, e.g. '1::0.5' (resampled "
-                                            "mode).")
-    resampled: bool = option(False, "Draw shards with replacement (infinite stream; recommended for multi-node runs).")
-    samples_per_epoch: int | None = option(None, "With --resampled: samples per rank per epoch (default: the shards' "
-                                           "total / ranks).")
-    workers: int = option(2, "DataLoader worker processes per rank (0 = decode in the main process).")
-    chunk_size: int = option(32, "Samples per chunk that a worker hands to the hybrid batcher.")
-    shuffle_buffer: int = option(1000, "Sample shuffle buffer per worker.")
+    # data: train_data, train_data_weights, resampled, samples_per_epoch, workers, chunk_size, shuffle_buffer
+    data: LoaderConfig = dataclasses.field(default_factory=LoaderConfig)
     # hybrid batches (docs/design.md §2): alpha, lang_distribution, temperature, languages, max_buffered_samples,
     # fallback_after
     hybrid: HybridConfig = dataclasses.field(default_factory=HybridConfig)
@@ -96,7 +86,7 @@ class TrainConfig:
         captions only with ``--no-machine-translations``; None when a source has none. Raises ``OptionError`` for
         a dataset.json that cannot be read."""
         counts: dict[str, int] = {}
-        for stats_file in sorted({Path(s.url).parent / "dataset.json" for s in expand_shards(self.train_data)}):
+        for stats_file in sorted({Path(s.url).parent / "dataset.json" for s in expand_shards(self.data.train_data)}):
             if not stats_file.is_file():
                 return None
             try:
@@ -117,10 +107,8 @@ class TrainConfig:
     def build_loader(self, image_transform: Callable, rank: int, num_processes: int, draft_size: int | None = None,
                      pin_memory: bool = False) -> ChunkLoader:
         """This process's share of the training shards, in chunks for the batcher."""
-        return build_loader(self.train_data, image_transform, weights=self.train_data_weights,
-                            chunk_size=self.chunk_size, num_workers=self.workers, resampled=self.resampled,
-                            seed=self.seed, rank=rank, world_size=num_processes, shuffle_buffer=self.shuffle_buffer,
-                            samples_per_epoch=self.samples_per_epoch, draft_size=draft_size, pin_memory=pin_memory)
+        return build_loader(self.data, image_transform, seed=self.seed, rank=rank, world_size=num_processes,
+                            draft_size=draft_size, pin_memory=pin_memory)
 
     def flat_options(self) -> dict[str, Any]:
         """Every option by its flag's name, nested components flattened: what ``--config`` reads back."""
@@ -145,34 +133,26 @@ class TrainConfig:
                                                      f"known: {', '.join(sorted(known))}")
             if (Path(self.model) / CONFIG_NAME).is_file():
                 raise OptionError("model_overrides", f"cannot be applied to the saved model {self.model}")
-        if not self.train_data:
+        data = self.data
+        if not data.train_data:
             raise OptionError("train_data", "no training shards given")
-        try:
-            shards = expand_shards(self.train_data, self.train_data_weights)
-        except DataOptionError as err:
-            raise OptionError(_DATA_OPTIONS[err.option], str(err)) from None
-        except ValueError as err:  # a pattern webdataset cannot expand
-            raise OptionError("train_data", str(err)) from None
+        shards = expand_shards(data.train_data, data.train_data_weights)
         missing = [s.url for s in shards if "://" not in s.url and not Path(s.url).is_file()]
         if missing:
             raise OptionError("train_data", f"{len(missing)} shard file(s) missing, e.g. {missing[:3]}; build shards "
                                             "with python -m data_recipes.synth_scenes or python -m "
                                             "data_recipes.from_captions")
-        try:
-            epoch_length(shards, resampled=self.resampled, samples_per_epoch=self.samples_per_epoch,
-                         world_size=num_processes, weighted=self.train_data_weights is not None)
-        except DataOptionError as err:
-            raise OptionError(_DATA_OPTIONS[err.option], str(err)) from None
+        epoch_length(shards, resampled=data.resampled, samples_per_epoch=data.samples_per_epoch,
+                     world_size=num_processes, weighted=data.train_data_weights is not None)
         if self.batch_size < num_processes or self.batch_size % num_processes:
             raise OptionError("batch_size", f"{self.batch_size} cannot be split evenly over {num_processes} "
                                             "processes")
         self.build_batcher(num_processes)
-        for name in ("max_steps", "text_length_groups", "chunk_size", "max_nonfinite_steps", "log_every",
-                     "keep_checkpoints"):
+        for name in ("max_steps", "text_length_groups", "max_nonfinite_steps", "log_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise OptionError(name, f"must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "warmup_steps", "weight_decay", "grad_clip", "text_pair_weight", "checkpoint_every",
-                     "workers", "shuffle_buffer", "eps", "image_unlocked_groups"):
+        for name in ("lr", "warmup_steps", "weight_decay", "grad_clip", "text_pair_weight", "checkpoint_every", "eps",
+                     "image_unlocked_groups"):
             if getattr(self, name) < 0:
                 raise OptionError(name, f"must be >= 0, got {getattr(self, name)}")
         for name in ("beta1", "beta2"):

@@ -635,7 +635,7 @@ def train(config: TrainConfig) -> Path:
             faults.update(rank_faults)
         meta = {"alpha": config.hybrid.alpha, "seed": config.seed, "steps": state.step,
                 "batch_size": config.batch_size, "lang_distribution": config.hybrid.lang_distribution,
-                "loss": config.loss, "train_data": config.train_data,
+                "loss": config.loss, "train_data": config.data.train_data,
                 "samples_seen": state.step * config.batch_size, "nonfinite_steps": state.nonfinite_total,
                 "data_faults": dict(faults)}
         if accelerator.is_main_process:  # rank 0's batches, the ones its step log holds

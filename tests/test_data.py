@@ -15,7 +15,7 @@ import pytest
 import torchvision.transforms as T
 from PIL import Image
 
-from mclip_hbt.data import SKIP_REASONS, SampleStream, build_loader
+from mclip_hbt.data import SKIP_REASONS, LoaderConfig, SampleStream, build_loader
 from mclip_hbt.fileio import write_json_atomic
 from mclip_hbt.paths import REPO_ROOT
 from mclip_hbt.shards import CaptionShardWriter
@@ -98,7 +98,7 @@ def faulty_sources(tmp_path):
 
 def test_faulty_shards_stream_every_valid_sample_once_and_count_skips(faulty_sources):
     urls, valid = faulty_sources
-    loader = build_loader(urls, TO_TENSOR, chunk_size=4, num_workers=2)
+    loader = build_loader(LoaderConfig(train_data=urls, chunk_size=4, workers=2), TO_TENSOR)
     chunks = list(loader)
     keys = [k for c in chunks for k in c["keys"]]
     assert sorted(keys) == sorted(valid)
@@ -118,8 +118,8 @@ def test_ranks_and_workers_split_an_epoch_exactly(tmp_path, sizes):
     keys = write_shards(tmp_path, sizes)
     per_rank = []
     for rank in (0, 1):
-        loader = build_loader(pattern(tmp_path, len(sizes)), TO_TENSOR, chunk_size=4, num_workers=2, rank=rank,
-                              world_size=2)
+        loader = build_loader(LoaderConfig(train_data=pattern(tmp_path, len(sizes)), chunk_size=4, workers=2),
+                                           TO_TENSOR, rank=rank, world_size=2)
         loader.set_epoch(3)
         per_rank.append(stream_keys(loader))
     seen = [k for chunks in per_rank for c in chunks for k in c]
@@ -157,7 +157,8 @@ def test_shard_shuffle_is_seeded_by_epoch(tmp_path):
     urls = pattern(tmp_path, 6)
 
     def order(epoch: int) -> list[str]:
-        return [s["key"] for s in SampleStream(urls, TO_TENSOR, epoch=epoch, shuffle_buffer=8)]
+        return [s["key"] for s in SampleStream(LoaderConfig(train_data=urls, shuffle_buffer=8, workers=0), TO_TENSOR,
+                                                            epoch=epoch)]
 
     assert order(0) == order(0)
     assert order(0) != order(1)
@@ -168,8 +169,8 @@ def test_resampled_epochs_have_the_same_length_on_every_rank(tmp_path):
     write_shards(tmp_path, [3, 8, 5])
     counts = []
     for rank in (0, 1):
-        loader = build_loader(pattern(tmp_path, 3), TO_TENSOR, chunk_size=4, num_workers=2, resampled=True,
-                              samples_per_epoch=22, rank=rank, world_size=2)
+        loader = build_loader(LoaderConfig(train_data=pattern(tmp_path, 3), chunk_size=4, workers=2, resampled=True,
+                                           samples_per_epoch=22), TO_TENSOR, rank=rank, world_size=2)
         counts.append([len(keys) for keys in stream_keys(loader)])
     assert counts[0] == counts[1] == [4] * 6  # ceil(22 / 4) full chunks
 
@@ -178,8 +179,8 @@ def test_resampled_sources_follow_their_weights(tmp_path):
     urls = "::".join(pattern(tmp_path / name, 10, name) for name in ("a", "b"))
     for name in ("a", "b"):
         write_shards(tmp_path / name, [2] * 10, prefix=name)
-    stream = SampleStream(urls, TO_TENSOR, resampled=True, weights="3::1", samples_per_epoch=2000,
-                                   chunk_size=100, shuffle_buffer=0)
+    stream = SampleStream(LoaderConfig(train_data=urls, resampled=True, train_data_weights="3::1",
+                                       samples_per_epoch=2000, chunk_size=100, shuffle_buffer=0, workers=0), TO_TENSOR)
     sources = Counter(s["key"][0] for s in stream)
     assert sources["a"] / sources.total() == pytest.approx(0.75, abs=0.05)
 
@@ -187,13 +188,13 @@ def test_resampled_sources_follow_their_weights(tmp_path):
 @pytest.mark.parametrize("resampled", [False, True], ids=["epoch", "resampled"])
 def test_resume_skips_consumed_chunks_and_reproduces_the_rest(tmp_path, resampled):
     write_shards(tmp_path, [5, 9, 3, 12, 7, 1, 8])
-    options = dict(chunk_size=3, num_workers=2, resampled=resampled, shuffle_buffer=10,
-                   samples_per_epoch=40 if resampled else None)
-    full_run = build_loader(pattern(tmp_path, 7), TO_TENSOR, **options)
+    config = LoaderConfig(train_data=pattern(tmp_path, 7), chunk_size=3, workers=2, resampled=resampled,
+                          shuffle_buffer=10, samples_per_epoch=40 if resampled else None)
+    full_run = build_loader(config, TO_TENSOR)
     full_run.set_epoch(2)
     full = stream_keys(full_run)
 
-    interrupted = build_loader(pattern(tmp_path, 7), TO_TENSOR, **options)
+    interrupted = build_loader(config, TO_TENSOR)
     interrupted.set_epoch(2)
     consumed = []
     for chunk in interrupted:
@@ -203,7 +204,7 @@ def test_resume_skips_consumed_chunks_and_reproduces_the_rest(tmp_path, resample
     state = interrupted.state_dict()
     assert state == {"epoch": 2, "chunks_consumed": 5}
 
-    resumed = build_loader(pattern(tmp_path, 7), TO_TENSOR, **options)
+    resumed = build_loader(config, TO_TENSOR)
     resumed.load_state_dict(state)
     assert len(resumed) == len(full) - 5
     assert consumed + stream_keys(resumed) == full
@@ -212,7 +213,7 @@ def test_resume_skips_consumed_chunks_and_reproduces_the_rest(tmp_path, resample
 def test_refuses_weights_without_resampling_and_epochs_without_sizes(tmp_path):
     write_shards(tmp_path, [2, 2])
     with pytest.raises(ValueError, match="resampled"):
-        build_loader(pattern(tmp_path, 2), TO_TENSOR, weights="1")
+        build_loader(LoaderConfig(train_data=pattern(tmp_path, 2), train_data_weights="1"), TO_TENSOR)
     (tmp_path / "sizes.json").unlink()
     with pytest.raises(ValueError, match="sizes.json"):
-        build_loader(pattern(tmp_path, 2), TO_TENSOR)
+        build_loader(LoaderConfig(train_data=pattern(tmp_path, 2)), TO_TENSOR)

@@ -18,7 +18,7 @@ from PIL import Image
 
 from data_recipes.from_captions import main as from_captions
 from data_recipes.synth_scenes import main as synth_scenes
-from mclip_hbt.data import SampleStream
+from mclip_hbt.data import LoaderConfig, SampleStream
 from mclip_hbt.paths import REPO_ROOT
 from mclip_hbt.shards import CaptionShardWriter
 
@@ -47,7 +47,7 @@ def training_images(folder: Path, images: dict[str, tuple[bytes, str]]) -> tuple
     with CaptionShardWriter(folder) as writer:
         for key, (data, ext) in images.items():
             writer.write(key, data, ext, {"en": [f"a picture {key}"]})
-    stream = SampleStream(str(folder), np.asarray, shuffle_buffer=0)
+    stream = SampleStream(LoaderConfig(train_data=str(folder), shuffle_buffer=0, workers=0), np.asarray)
     pixels = {sample["key"]: sample["image"] for sample in stream}
     return pixels, dict(stream.faults)
 
@@ -85,7 +85,7 @@ def test_deeply_nested_caption_json_in_a_shard_is_a_counted_bad_json_fault(tmp_p
             add_member(tar, f"{key}.json", record)
     (tmp_path / "sizes.json").write_text(json.dumps({"shard-000000.tar": 3}))
 
-    stream = SampleStream(str(tmp_path), np.asarray, shuffle_buffer=0)
+    stream = SampleStream(LoaderConfig(train_data=str(tmp_path), shuffle_buffer=0, workers=0), np.asarray)
     assert [sample["key"] for sample in stream] == ["ok1", "ok2"]
     assert dict(stream.faults) == {"bad_json": 1}
 

@@ -11,6 +11,7 @@ import torchvision.transforms as T
 from PIL import Image
 
 from data_recipes.synth_scenes import generate
+from mclip_hbt.data import LoaderConfig
 from mclip_hbt.hybrid import HybridConfig
 from mclip_hbt.options import OptionError, option_fields
 from mclip_hbt.shards import CaptionShardWriter
@@ -42,7 +43,8 @@ def test_every_option_is_declared_once_with_a_flag_and_help():
     for name, (_, f, _) in options.items():
         assert flags[name].help == f.metadata["help"] and f.metadata["help"]
     # the defaults are the components' own
-    assert dataclasses.asdict(TrainConfig().hybrid) == {f.name: f.default for f in dataclasses.fields(HybridConfig)}
+    for name, cls in NESTED.items():
+        assert dataclasses.asdict(getattr(TrainConfig(), name)) == {f.name: f.default for f in dataclasses.fields(cls)}
 
 
 def test_every_batcher_and_loader_option_reaches_its_component_unchanged(shards):
@@ -89,7 +91,7 @@ def test_a_yaml_value_of_the_wrong_type_is_refused_with_its_option(shards, tmp_p
         parse_config(["--config", str(config_file)])
     assert "--alpha: must be float" in capsys.readouterr().err
     with pytest.raises(OptionError, match="--lock-image: must be bool"):
-        TrainConfig(train_data=str(shards), lock_image="yes").validate()
+        TrainConfig(data=LoaderConfig(train_data=str(shards)), lock_image="yes").validate()
 
 
 def test_without_machine_translations_the_draws_count_human_captions_only(tmp_path):

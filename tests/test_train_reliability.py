@@ -26,7 +26,7 @@ from test_train import ACCELERATE_2CPU, TINY, TRAIN_PY, _env, _train, _train_in_
 
 from data_recipes.synth_scenes import generate
 from mclip_hbt import trainer
-from mclip_hbt.data import build_loader
+from mclip_hbt.data import LoaderConfig, build_loader
 from mclip_hbt.fileio import write_json_atomic
 from mclip_hbt.paths import REPO_ROOT
 from mclip_hbt.shards import CaptionShardWriter
@@ -189,7 +189,8 @@ def test_a_chunk_of_faulty_samples_is_handed_on_once_the_stream_has_passed_it(tm
         writer.write(f"s{i:02d}", image, "png", captions={"en": [f"sample {i}"]})
     writer.close()
     write_json_atomic(tmp_path / "sizes.json", writer.sizes)
-    loader = build_loader(str(tmp_path), T.ToTensor(), chunk_size=4, num_workers=0, shuffle_buffer=0)
+    loader = build_loader(LoaderConfig(train_data=str(tmp_path), chunk_size=4, workers=0, shuffle_buffer=0),
+                                       T.ToTensor())
     chunks = list(loader)
     assert [len(c["keys"]) for c in chunks] == [0, 0, 4]
     assert [c["faults"].get("bad_image", 0) for c in chunks] == [4, 4, 0]  # each chunk its own samples' faults
@@ -448,10 +449,10 @@ def test_a_shard_folder_that_does_not_match_its_sizes_json_is_refused(synth, tmp
     else:  # an interrupted re-run: a new shard beside the old ones, under the old counts
         shutil.copy(data / "synth-000000.tar", data / "synth-000004.tar")
     with pytest.raises(ValueError, match="interrupted write"):
-        build_loader(str(data), T.ToTensor(), num_workers=0)
+        build_loader(LoaderConfig(train_data=str(data), workers=0), T.ToTensor())
     err = _refused_in_process(["--train-data", str(data), "--output-dir", str(tmp_path / "run")], monkeypatch, capsys)
     assert "--train-data" in err and "interrupted write" in err and "re-run the recipe" in err
     # the same shards named by a brace pattern are still readable in resampled mode (no folder is judged)
-    loader = build_loader(f"{data}/synth-{{000000..000003}}.tar", T.ToTensor(), num_workers=0, resampled=True,
-                          samples_per_epoch=4, chunk_size=4)
+    loader = build_loader(LoaderConfig(train_data=f"{data}/synth-{{000000..000003}}.tar", workers=0, resampled=True,
+                                       samples_per_epoch=4, chunk_size=4), T.ToTensor())
     assert sum(len(chunk["keys"]) for chunk in loader) == 4

@@ -6,7 +6,7 @@ from pathlib import Path
 import torchvision.transforms as T
 from accelerate import Accelerator
 
-from mclip_hbt.data import build_loader
+from mclip_hbt.data import LoaderConfig, build_loader
 
 
 def main() -> None:
@@ -20,13 +20,14 @@ def main() -> None:
 
     state = Accelerator().state  # rank and world size reach the loader through the process group
     report = {"rank": state.process_index, "world_size": state.num_processes}
-    loader = build_loader(args.shards, T.ToTensor(), chunk_size=args.chunk_size, num_workers=args.workers)
+    loader = build_loader(LoaderConfig(train_data=args.shards, chunk_size=args.chunk_size, workers=args.workers),
+                                       T.ToTensor())
     loader.set_epoch(1)
     chunks = list(loader)
     report.update(keys=[k for c in chunks for k in c["keys"]], chunks=len(chunks),
                   planned_chunks=len(loader))
-    resampled = build_loader(args.shards, T.ToTensor(), chunk_size=args.chunk_size, num_workers=args.workers,
-                             resampled=True, samples_per_epoch=args.samples_per_epoch)
+    resampled = build_loader(LoaderConfig(train_data=args.shards, chunk_size=args.chunk_size, workers=args.workers,
+                                          resampled=True, samples_per_epoch=args.samples_per_epoch), T.ToTensor())
     sizes = [len(c["keys"]) for c in resampled]
     report.update(resampled_chunks=len(sizes), resampled_samples=sum(sizes))
     Path(args.out_dir, f"rank{state.process_index}.json").write_text(json.dumps(report))
