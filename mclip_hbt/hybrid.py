@@ -35,9 +35,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .data import FaultCounter
 from .languages import parse_lang_list
 from .options import OptionError, option
+from .samples import FaultCounter
 
 LANG_DISTRIBUTIONS = ("uniform", "proportional", "temperature")
 STATE_VERSION = 1

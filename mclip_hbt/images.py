@@ -1,6 +1,6 @@
 """Open an image the same way everywhere: upright, 8-bit RGB, of bounded size.
 
-Training (``mclip_hbt.data.decode_image``) and the shard recipes (``data_recipes.images.encode_image``)
+Training (``mclip_hbt.samples.decode_image``) and the shard recipes (``data_recipes.images.encode_image``)
 both call :func:`open_image`, so a picture looks the same in a shard and in a training batch:
 
 * the EXIF orientation is applied (cameras store portraits as landscapes plus an orientation tag);

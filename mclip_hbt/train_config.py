@@ -17,11 +17,12 @@ from typing import Any
 
 import yaml
 
-from .data import ChunkLoader, LoaderConfig, build_loader, epoch_length, expand_shards
+from .data import ChunkLoader, LoaderConfig, build_loader
 from .hybrid import HybridBatcher, HybridConfig
 from .loss import LOSS_KINDS
 from .model import CONFIG_NAME, MultilingualCLIPConfig
 from .options import OptionError, check_value, option, option_fields, scalar_type
+from .shard_plan import epoch_length, expand_shards
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 #: Component configs nested in TrainConfig, whose option fields are flags and YAML keys of their own.

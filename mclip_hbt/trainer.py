@@ -39,12 +39,13 @@ from safetensors.torch import load_model, save_model
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from .data import ChunkLoader, FaultCounter
+from .data import ChunkLoader
 from .fileio import OutputError, atomic_directory, check_output_dir, free_bytes, write_json_atomic, write_text_atomic
 from .hub import ModelUnavailableError
 from .hybrid import HybridBatcher, summarize_records
 from .loss import ContrastiveLoss
 from .model import TRAIN_META_NAME, MultilingualCLIP, create_model
+from .samples import FaultCounter
 from .train_config import TrainConfig, parse_config
 
 logger = logging.getLogger("mclip_hbt.train")

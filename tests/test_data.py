@@ -15,9 +15,10 @@ import pytest
 import torchvision.transforms as T
 from PIL import Image
 
-from mclip_hbt.data import SKIP_REASONS, LoaderConfig, SampleStream, build_loader
+from mclip_hbt.data import LoaderConfig, SampleStream, build_loader
 from mclip_hbt.fileio import write_json_atomic
 from mclip_hbt.paths import REPO_ROOT
+from mclip_hbt.samples import SKIP_REASONS
 from mclip_hbt.shards import CaptionShardWriter
 
 TO_TENSOR = T.ToTensor()
