@@ -41,7 +41,9 @@ from data_recipes import emoji_world, synth_scenes
 from data_recipes.worlds import SettingsMismatch
 from eval.report import groups_from_world
 from mclip_hbt.bundled import BUNDLED_E5, bundled_model_path
+from mclip_hbt.hybrid import HybridConfig
 from mclip_hbt.languages import XTD_LANGS, parse_lang_list
+from mclip_hbt.options import OptionError
 from mclip_hbt.paths import REPO_ROOT, shared_data_dir
 
 
@@ -311,10 +313,11 @@ def _eval_languages(text: str) -> str:
 
 
 def _alpha(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"alpha must be in [0, 1], got {text}")
-    return value
+    """A value train.py's --alpha takes (the batcher's HybridConfig checks it)."""
+    try:
+        return HybridConfig(alpha=float(text)).alpha
+    except OptionError as err:
+        raise argparse.ArgumentTypeError(f"alpha {err.message}") from None
 
 
 def _alphas(text: str) -> list[float]:
