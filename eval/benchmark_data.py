@@ -5,6 +5,9 @@ Two readers:
 - :func:`load_xtd_split` — an XTD-layout folder (real XTD10 or a synthetic split): the folder is
   searched recursively for ``test_image_names.txt`` and ``test_1kcaptions_{lang}.txt`` (``jp`` and
   ``ja`` both accepted), every caption file line-aligned with the names.
+- :func:`load_xflickrco` — xFlickr&CO (IGLUE): ``{lang}/test.jsonl``, one JSON line per image with its
+  ``img_path`` and one caption, the same 2,000 images in the same order in all 8 languages (1,000
+  Multi30K test2016 Flickr30k images, then 1,000 COCO val2014 images).
 - :func:`load_multi30k_test2016` — Multi30K test2016: image names from
   ``task1/image_splits/test_2016_flickr.txt``; en/de with five independent captions per image from
   task 2 (``test_2016.{1..5}.{en,de}.gz``) for the image–text settings; en/de/fr/cs with one caption
@@ -16,7 +19,9 @@ with a message fit for the command line.
 """
 from __future__ import annotations
 
+import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +35,12 @@ MULTI30K_LANGS = ("en", "de", "fr", "cs")
 #: Multi30K languages with five captions per test image (task 2).
 MULTI30K_MULTI_CAPTION_LANGS = ("en", "de")
 MULTI30K_CAPTIONS_PER_IMAGE = 5
+XFLICKRCO_LANGS = ("en", "de", "es", "id", "ja", "ru", "tr", "zh")
+#: COCO's image names start so; xFlickr&CO's other images are Flickr30k's (``<id>.jpg``).
+COCO_NAME_PREFIX = "COCO_"
+#: Flickr30K-Entities phrase numbers left in xFlickr&CO's Japanese Flickr captions: ASCII digit runs
+#: (``3メガネ``); the captions write real numbers in full-width digits (``２人``).
+_ENTITY_NUMBERS = re.compile(r"[0-9]+")
 #: How many missing image names an error message lists.
 SHOW_MISSING = 5
 
@@ -119,6 +130,60 @@ def load_xtd_split(captions_dir: str | os.PathLike, langs: list[str], dataset: s
         _check_length(files[lang], lines, len(names), names_file)
         aligned[lang] = lines
     return RetrievalSplit(dataset, names, aligned, {lang: [[c] for c in caps] for lang, caps in aligned.items()})
+
+
+def strip_entity_numbers(caption: str) -> str:
+    """A Japanese xFlickr&CO Flickr caption without its Flickr30K-Entities phrase numbers."""
+    return _ENTITY_NUMBERS.sub("", caption)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    try:
+        lines = read_lines(path)
+    except CaptionFileError as e:
+        raise BenchmarkDataError(str(e)) from e
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+            sentences, image = row["sentences"], row["img_path"]
+            if not (isinstance(sentences, list) and sentences and all(isinstance(x, str) for x in sentences)
+                    and isinstance(image, str)):
+                raise TypeError("sentences must be a non-empty list of strings and img_path a string")
+        except (ValueError, KeyError, TypeError) as e:
+            raise BenchmarkDataError(f"{path}:{number}: not an xFlickr&CO record ({type(e).__name__}: {e})") from e
+        rows.append(row)
+    return rows
+
+
+def load_xflickrco(root: str | os.PathLike, langs: list[str]) -> RetrievalSplit:
+    """Read xFlickr&CO for ``langs`` from ``root/{lang}/test.jsonl`` (IGLUE's annotation layout), checking that
+    every language lists the same images in the same order. Japanese Flickr captions lose their entity numbers."""
+    root = Path(root)
+    if not root.is_dir():
+        raise BenchmarkDataError(f"xFlickr&CO folder {root} does not exist")
+    unknown = [lang for lang in langs if lang not in XFLICKRCO_LANGS]
+    if unknown:
+        raise BenchmarkDataError(f"xFlickr&CO has no {', '.join(unknown)} captions "
+                                 f"(languages: {', '.join(XFLICKRCO_LANGS)})")
+    names: list[str] | None = None
+    aligned = {}
+    for lang in langs:
+        path = root / lang / "test.jsonl"
+        if not path.is_file():
+            raise BenchmarkDataError(f"no {path}; expected IGLUE's datasets/xFlickrCO/annotations layout")
+        rows = _read_jsonl(path)
+        images = [row["img_path"] for row in rows]
+        if names is None:
+            names = images
+        elif images != names:
+            raise BenchmarkDataError(f"{path} does not list the same images in the same order as "
+                                     f"{root / langs[0] / 'test.jsonl'}")
+        aligned[lang] = [strip_entity_numbers(row["sentences"][0])
+                         if lang == "ja" and not row["img_path"].startswith(COCO_NAME_PREFIX) else row["sentences"][0]
+                         for row in rows]
+    captions = {lang: [[c] for c in caps] for lang, caps in aligned.items()}
+    return RetrievalSplit("xflickrco", names or [], aligned, captions)
 
 
 def load_multi30k_test2016(root: str | os.PathLike, langs: list[str]) -> RetrievalSplit:
