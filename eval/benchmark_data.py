@@ -132,6 +132,17 @@ def load_xtd_split(captions_dir: str | os.PathLike, langs: list[str], dataset: s
     return RetrievalSplit(dataset, names, aligned, {lang: [[c] for c in caps] for lang, caps in aligned.items()})
 
 
+def _benchmark_folder(root: str | os.PathLike, benchmark: str, langs: list[str], known: tuple[str, ...]) -> Path:
+    """``root`` as a Path, once it is a folder and ``langs`` are languages the benchmark has."""
+    root = Path(root)
+    if not root.is_dir():
+        raise BenchmarkDataError(f"{benchmark} folder {root} does not exist")
+    unknown = [lang for lang in langs if lang not in known]
+    if unknown:
+        raise BenchmarkDataError(f"{benchmark} has no {', '.join(unknown)} captions (languages: {', '.join(known)})")
+    return root
+
+
 def strip_entity_numbers(caption: str) -> str:
     """A Japanese xFlickr&CO Flickr caption without its Flickr30K-Entities phrase numbers."""
     return _ENTITY_NUMBERS.sub("", caption)
@@ -159,13 +170,7 @@ def _read_jsonl(path: Path) -> list[dict]:
 def load_xflickrco(root: str | os.PathLike, langs: list[str]) -> RetrievalSplit:
     """Read xFlickr&CO for ``langs`` from ``root/{lang}/test.jsonl`` (IGLUE's annotation layout), checking that
     every language lists the same images in the same order. Japanese Flickr captions lose their entity numbers."""
-    root = Path(root)
-    if not root.is_dir():
-        raise BenchmarkDataError(f"xFlickr&CO folder {root} does not exist")
-    unknown = [lang for lang in langs if lang not in XFLICKRCO_LANGS]
-    if unknown:
-        raise BenchmarkDataError(f"xFlickr&CO has no {', '.join(unknown)} captions "
-                                 f"(languages: {', '.join(XFLICKRCO_LANGS)})")
+    root = _benchmark_folder(root, "xFlickr&CO", langs, XFLICKRCO_LANGS)
     names: list[str] | None = None
     aligned = {}
     for lang in langs:
@@ -188,13 +193,7 @@ def load_xflickrco(root: str | os.PathLike, langs: list[str]) -> RetrievalSplit:
 
 def load_multi30k_test2016(root: str | os.PathLike, langs: list[str]) -> RetrievalSplit:
     """Read Multi30K test2016 for ``langs`` (a subset of en, de, fr, cs) from a checkout of multi30k/dataset."""
-    root = Path(root)
-    if not root.is_dir():
-        raise BenchmarkDataError(f"Multi30K folder {root} does not exist")
-    unknown = [lang for lang in langs if lang not in MULTI30K_LANGS]
-    if unknown:
-        raise BenchmarkDataError(f"Multi30K test2016 has no {', '.join(unknown)} captions "
-                                 f"(languages: {', '.join(MULTI30K_LANGS)})")
+    root = _benchmark_folder(root, "Multi30K test2016", langs, MULTI30K_LANGS)
 
     def need(filename: str) -> Path:
         path = _find_unique(root, filename)

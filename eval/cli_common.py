@@ -1,9 +1,10 @@
-"""Options and steps shared by the ``eval.xtd`` and ``eval.m3c`` command lines."""
+"""Options and steps shared by the ``eval.xtd``, ``eval.m3c`` and ``eval.xflickrco`` command lines."""
 from __future__ import annotations
 
 import argparse
 import os
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -18,6 +19,8 @@ from .benchmark_data import RetrievalSplit
 from .evaluate import SplitResult, evaluate_split
 from .metrics import NonFiniteEmbeddingsError
 from .models import SPEC_FORMS, RetrievalModel, load_retrieval_model
+from .plots import LanguagePanel, plot_language_panels
+from .results import save_output, write_results
 from .text_cache import TextFeatureCache
 
 
@@ -164,3 +167,16 @@ def run_meta(args: argparse.Namespace, model: RetrievalModel, benchmark: str, la
     if train is not None:
         meta["train"] = train
     return meta
+
+
+def write_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace, records: list[dict], summary: dict,
+                  meta: dict, panels: Callable[[], Sequence[LanguagePanel]]) -> int:
+    """The result JSON (``--out``) and the plot of ``panels()`` (``--plot``); the exit status: 1 when one of
+    them could not be written (the message says why), else 0."""
+    written = []
+    if args.out:
+        written.append(save_output(parser.prog, "results", args.out,
+                                   lambda: write_results(args.out, records, summary, meta)))
+    if args.plot:
+        written.append(save_output(parser.prog, "plot", args.plot, lambda: plot_language_panels(panels(), args.plot)))
+    return 0 if all(written) else 1

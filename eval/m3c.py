@@ -38,10 +38,11 @@ from .cli_common import (
     parse_languages,
     parse_pool_languages,
     run_meta,
+    write_outputs,
 )
-from .plots import language_panel, plot_language_panels
+from .plots import language_panel
 from .references import load_references
-from .results import format_summary, save_output, write_results
+from .results import format_summary
 
 COCO_LANGS = ("en", "ja", "zh")
 PARTS = ("multi30k", "mscoco-1k")
@@ -119,15 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     for part in splits:
         print(format_summary(summary[part], part_langs[part], f"M3C {part} — {args.model}"), end="\n\n")
     print(f"note: {CAPTION_COUNTS}")
-    written = []
-    if args.out:
-        written.append(save_output(parser.prog, "results", args.out,
-                                   lambda: write_results(args.out, records, summary, meta)))
-    if args.plot:
-        panels = [language_panel(p, summary[p], part_langs[p], model.name, "mean_recall", "mean recall",
-                                 load_references(p)) for p in splits]
-        written.append(save_output(parser.prog, "plot", args.plot, lambda: plot_language_panels(panels, args.plot)))
-    return 0 if all(written) else 1
+    return write_outputs(parser, args, records, summary, meta, lambda: [
+        language_panel(p, summary[p], part_langs[p], model.name, "mean_recall", "mean recall", load_references(p))
+        for p in splits])
 
 
 if __name__ == "__main__":

@@ -29,10 +29,11 @@ from .cli_common import (
     parse_languages,
     parse_pool_languages,
     run_meta,
+    write_outputs,
 )
-from .plots import language_panel, plot_language_panels
+from .plots import language_panel
 from .references import load_references
-from .results import format_summary, save_output, write_results
+from .results import format_summary
 
 DATASET = "xflickrco"
 #: The published rows of each plotted metric (IGLUE reports R@1 in both directions).
@@ -93,16 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     meta = run_meta(args, model, DATASET, langs, len(split.image_names), result.unreadable_images, started)
     meta["ja_entity_numbers_stripped"] = "ja" in langs
     print(format_summary(result.summary, langs, f"xFlickr&CO — {args.model} ({meta['seconds']:.0f} s)"))
-    written = []
-    if args.out:
-        written.append(save_output(parser.prog, "results", args.out,
-                                   lambda: write_results(args.out, result.records, result.summary, meta)))
-    if args.plot:
-        shown = PANELS[:1] if args.text_only else PANELS  # a text-only run has one panel: caption X → pivot
-        panels = [language_panel(DATASET, result.summary, langs, model.name, metric, label, load_references(refs))
-                  for metric, label, refs in shown]
-        written.append(save_output(parser.prog, "plot", args.plot, lambda: plot_language_panels(panels, args.plot)))
-    return 0 if all(written) else 1
+    shown = PANELS[:1] if args.text_only else PANELS  # a text-only run has one panel: caption X → pivot
+    return write_outputs(parser, args, result.records, result.summary, meta, lambda: [
+        language_panel(DATASET, result.summary, langs, model.name, metric, label, load_references(refs))
+        for metric, label, refs in shown])
 
 
 if __name__ == "__main__":

@@ -24,10 +24,11 @@ from .cli_common import (
     parse_languages,
     parse_pool_languages,
     run_meta,
+    write_outputs,
 )
-from .plots import language_panel, plot_language_panels
+from .plots import language_panel
 from .references import load_references
-from .results import format_summary, save_output, write_results
+from .results import format_summary
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,15 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     result = evaluate_or_exit(parser, args, split, model, langs, image_paths)
     meta = run_meta(args, model, args.dataset, langs, len(split.image_names), result.unreadable_images, started)
     print(format_summary(result.summary, langs, f"{args.dataset} — {args.model} ({meta['seconds']:.0f} s)"))
-    written = []
-    if args.out:
-        written.append(save_output(parser.prog, "results", args.out,
-                                   lambda: write_results(args.out, result.records, result.summary, meta)))
-    if args.plot:
-        panel = language_panel(args.dataset, result.summary, langs, model.name, "t2i_r@10", "text→image R@10",
-                               load_references(args.dataset))
-        written.append(save_output(parser.prog, "plot", args.plot, lambda: plot_language_panels([panel], args.plot)))
-    return 0 if all(written) else 1
+    return write_outputs(parser, args, result.records, result.summary, meta, lambda: [
+        language_panel(args.dataset, result.summary, langs, model.name, "t2i_r@10", "text→image R@10",
+                       load_references(args.dataset))])
 
 
 if __name__ == "__main__":
