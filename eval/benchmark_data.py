@@ -53,9 +53,10 @@ class BenchmarkDataError(ValueError):
 class RetrievalSplit:
     """Images and their captions, per language.
 
-    ``aligned[lang][i]`` is image ``i``'s caption in ``lang``, and the languages' captions are
-    translations of one another (caption-to-caption settings). ``captions[lang][i]`` lists every
-    caption of image ``i`` used in the image–text settings (one for XTD10, five for Multi30K en/de).
+    ``aligned[lang][i]`` is image ``i``'s caption in ``lang`` (caption-to-caption settings): translations of
+    one another in XTD10 and Multi30K task 1, independent descriptions of the image in xFlickr&CO.
+    ``captions[lang][i]`` lists every caption of image ``i`` used in the image–text settings (one for XTD10
+    and xFlickr&CO, five for Multi30K en/de).
     """
 
     dataset: str

@@ -36,6 +36,10 @@ from .references import load_references
 from .results import format_summary
 
 DATASET = "xflickrco"
+#: What the caption-to-caption settings compare here (unlike XTD10, whose captions are translations).
+CAPTION_RELATION = ("the 8 languages' captions of an image were written independently by native speakers, except "
+                    "ja on the Flickr30k images (translations of the English ones, from Flickr30K-Entities-JP): "
+                    "caption X → caption Y scores find another description of the same image, not a translation")
 #: The published rows of each plotted metric (IGLUE reports R@1 in both directions).
 PANELS = (("t2i_r@1", "text→image R@1", DATASET), ("i2t_r@1", "image→text R@1", f"{DATASET}-i2t"))
 
@@ -93,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     result = evaluate_or_exit(parser, args, split, model, langs, image_paths)
     meta = run_meta(args, model, DATASET, langs, len(split.image_names), result.unreadable_images, started)
     meta["ja_entity_numbers_stripped"] = "ja" in langs
+    meta["caption_relation"] = CAPTION_RELATION
     print(format_summary(result.summary, langs, f"xFlickr&CO — {args.model} ({meta['seconds']:.0f} s)"))
+    print(f"note: {CAPTION_RELATION}")
     shown = PANELS[:1] if args.text_only else PANELS  # a text-only run has one panel: caption X → pivot
     return write_outputs(parser, args, result.records, result.summary, meta, lambda: [
         language_panel(DATASET, result.summary, langs, model.name, metric, label, load_references(refs))
