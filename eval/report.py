@@ -333,19 +333,20 @@ def baseline_recall(doc: dict, file: Path) -> dict[str, float]:
 
 
 def alpha_gain(table: dict[float, dict]) -> tuple[float, dict[str, float]] | None:
-    """The α with the best mean R@10 over languages, and per language its R@10 minus α = 0's;
+    """The α > 0 with the best mean R@10 over languages, and per language its R@10 minus α = 0's (so a
+    gain may be negative: α = 0 itself is never picked, which would make every gain zero by construction);
     None without α = 0 or another α."""
     if 0.0 not in table or len(table) < 2:
         return None
     langs = list(table[0.0]["t2i_r@10"])
-    best = max(table, key=lambda a: statistics.fmean(table[a]["t2i_r@10"][lang][0] for lang in langs
-                                                     if lang in table[a]["t2i_r@10"]))
+    best = max((a for a in table if a > 0), key=lambda a: statistics.fmean(
+        table[a]["t2i_r@10"][lang][0] for lang in langs if lang in table[a]["t2i_r@10"]))
     return best, {lang: table[best]["t2i_r@10"][lang][0] - table[0.0]["t2i_r@10"][lang][0] for lang in langs
                   if lang in table[best]["t2i_r@10"]}
 
 
 def gain_against_baseline(table: dict[float, dict], baseline: dict[str, float]) -> dict | None:
-    """R@10 gain from α = 0 to the best α beside the untrained encoder's X → en R@1, with their Pearson r."""
+    """R@10 gain from α = 0 to the best α > 0 beside the untrained encoder's X → en R@1, with their Pearson r."""
     gain = alpha_gain(table)
     if gain is None:
         return None
@@ -362,7 +363,7 @@ def gain_section(bench: str, gain: dict | None, groups: dict[str, list[str]]) ->
     if gain is None:
         return ""
     r = "n/a" if gain["pearson_r"] is None else f"{gain['pearson_r']:.2f}"
-    lines = ["", f"R@10 gain from α = 0 to α = {gain['best_alpha']:g} (the best α over all languages) against the "
+    lines = ["", f"R@10 gain from α = 0 to α = {gain['best_alpha']:g} (the best α > 0 over all languages) against the "
              f"untrained encoder's caption X → English R@1: Pearson r = {r} over {len(gain['points'])} languages.",
              "", "| group | languages | mean gain (points) |", "|---|---|---|"]
     for group, langs in groups.items():
@@ -428,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "group × inside/outside the encoder's pre-training (instead of --groups)")
     parser.add_argument("--baseline", type=Path, action="append", default=[], metavar="RESULT_JSON",
                         help="text-only result of the untrained encoder on a benchmark's captions (repeatable, "
-                             "matched by benchmark name): adds the R@10 gain from α = 0 to the best α against "
+                             "matched by benchmark name): adds the R@10 gain from α = 0 to the best α > 0 against "
                              "its caption X → English R@1, per language, with the correlation")
     parser.add_argument("--label", nargs=2, action="append", default=[], metavar=("PATH", "ALPHA_SEED"),
                         help="α and seed for results without meta.train: PATH alpha=A,seed=S (repeatable; "
