@@ -292,7 +292,8 @@ def caption_pool_note(table: dict[float, dict]) -> str:
     if sum(row["n"] for row in rows) < 2:
         return ""
     keys = ("text_map", "rank_distance")
-    same = all(row[key][1] == 0 and math.isclose(row[key][0], rows[0][key][0], rel_tol=1e-9)
+    # equal to 1e-5: a rotation keeps the similarities only up to float rounding (~1e-7 here)
+    same = all(row[key][1] <= 1e-5 * abs(row[key][0]) and math.isclose(row[key][0], rows[0][key][0], rel_tol=1e-5)
                for row in rows for key in keys)
     if not same:
         return ""
