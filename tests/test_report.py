@@ -163,3 +163,13 @@ def test_batches_as_drawn_are_averaged_per_training_run(tmp_path):
     assert row["share"]["low"] == pytest.approx([0.6, 0.1414213], abs=1e-6)
     text = (tmp_path / "r" / "report.md").read_text()
     assert "| 0.5 | 2 | 50.0 ± 14.1 | 100.0 | 60.0 ± 14.1 |" in text
+
+
+def test_the_gain_compares_alpha_zero_with_the_best_other_alpha_even_when_zero_is_best():
+    def row(en, sw):
+        return {"t2i_r@10": {"en": (en, 0.0), "sw": (sw, 0.0)}}
+
+    table = {0.0: row(0.50, 0.20), 0.5: row(0.45, 0.22), 1.0: row(0.40, 0.21)}
+    best, gains = report.alpha_gain(table)
+    assert best == 0.5  # α = 0 has the best mean, but a gain against itself would be zero everywhere
+    assert gains == pytest.approx({"en": -0.05, "sw": 0.02})
