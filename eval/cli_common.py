@@ -112,6 +112,23 @@ def parse_pool_languages(parser: argparse.ArgumentParser, spec: list[str], langs
     return [lang for lang in langs if lang in pool]
 
 
+def select_languages(parser: argparse.ArgumentParser, args: argparse.Namespace, available: list[str],
+                     text_only_needs_two: bool = True) -> list[str]:
+    """``--lang`` (returned) and ``--pool-lang`` (set as ``args.pool_langs``) among ``available``; with
+    ``text_only_needs_two``, refuse ``--text-only`` on one language (its settings compare languages)."""
+    langs = parse_languages(parser, args.lang, available)
+    args.pool_langs = parse_pool_languages(parser, args.pool_lang, langs)
+    if text_only_needs_two and args.text_only and len(langs) < 2:
+        parser.error("--text-only settings compare languages: give at least two with --lang")
+    return langs
+
+
+def languages_to_read(args: argparse.Namespace, langs: list[str], order: Sequence[str]) -> list[str]:
+    """The caption files to read: ``langs``, and English under ``--translate-test`` (it stands in for every
+    language), in the benchmark's ``order``."""
+    return sorted(set(langs) | ({"en"} if args.translate_test else set()), key=list(order).index)
+
+
 def load_model_or_exit(parser: argparse.ArgumentParser, args: argparse.Namespace) -> RetrievalModel:
     try:
         model = load_retrieval_model(args.model, args.device)

@@ -34,10 +34,10 @@ from .cli_common import (
     add_common_arguments,
     check_common_arguments,
     evaluate_or_exit,
+    languages_to_read,
     load_model_or_exit,
-    parse_languages,
-    parse_pool_languages,
     run_meta,
+    select_languages,
     write_outputs,
 )
 from .plots import language_panel
@@ -83,8 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     if not parts or any(p not in PARTS for p in parts):
         parser.error(f"--parts: choose from {', '.join(PARTS)}")
     all_langs = list(dict.fromkeys(lang for p in parts for lang in PART_LANGS[p]))
-    langs = parse_languages(parser, args.lang, all_langs)
-    args.pool_langs = parse_pool_languages(parser, args.pool_lang, langs)
+    langs = select_languages(parser, args, all_langs, text_only_needs_two=False)  # m3c checks per part
     part_langs = {p: [lang for lang in langs if lang in PART_LANGS[p]] for p in parts}
     part_langs = {p: ls for p, ls in part_langs.items() if len(ls) >= (2 if args.text_only else 1)}
     if not part_langs:
@@ -98,8 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.text_only and images_dir is None:
             parser.error(f"{option} is required for the {part} part (or use --parts, or --text-only)")
         try:
-            splits[part] = _load_part(part, sorted(set(ls) | ({"en"} if args.translate_test else set()),
-                                                   key=PART_LANGS[part].index), args)
+            splits[part] = _load_part(part, languages_to_read(args, ls, PART_LANGS[part]), args)
             image_paths[part] = None if args.text_only else find_images(images_dir, splits[part].image_names)
         except BenchmarkDataError as e:
             parser.error(f"{part}: {e}")

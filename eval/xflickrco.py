@@ -25,10 +25,10 @@ from .cli_common import (
     add_common_arguments,
     check_common_arguments,
     evaluate_or_exit,
+    languages_to_read,
     load_model_or_exit,
-    parse_languages,
-    parse_pool_languages,
     run_meta,
+    select_languages,
     write_outputs,
 )
 from .plots import language_panel
@@ -75,10 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_common_arguments(parser, args)
-    langs = parse_languages(parser, args.lang, list(XFLICKRCO_LANGS))
-    args.pool_langs = parse_pool_languages(parser, args.pool_lang, langs)
-    if args.text_only and len(langs) < 2:
-        parser.error("--text-only settings compare languages: give at least two with --lang")
+    langs = select_languages(parser, args, list(XFLICKRCO_LANGS))
     if not args.text_only:
         missing = [flag for flag, value in (("--flickr-images", args.flickr_images),
                                             ("--coco-images", args.coco_images)) if value is None]
@@ -86,8 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{' and '.join(missing)} required (or use --text-only)")
     try:
         split = load_xflickrco(args.captions or shared_data_dir() / "xflickrco",
-                               sorted(set(langs) | ({"en"} if args.translate_test else set()),
-                                      key=XFLICKRCO_LANGS.index))
+                               languages_to_read(args, langs, XFLICKRCO_LANGS))
         image_paths = None if args.text_only else find_split_images(split.image_names, args.flickr_images,
                                                                     args.coco_images)
     except BenchmarkDataError as e:

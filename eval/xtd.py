@@ -20,10 +20,10 @@ from .cli_common import (
     add_common_arguments,
     check_common_arguments,
     evaluate_or_exit,
+    languages_to_read,
     load_model_or_exit,
-    parse_languages,
-    parse_pool_languages,
     run_meta,
+    select_languages,
     write_outputs,
 )
 from .plots import language_panel
@@ -54,17 +54,13 @@ def main(argv: list[str] | None = None) -> int:
         available = available_xtd_languages(captions_dir)
     except BenchmarkDataError as e:
         parser.error(f"--captions: {e}")
-    langs = parse_languages(parser, args.lang, available)
-    args.pool_langs = parse_pool_languages(parser, args.pool_lang, langs)
-    if args.text_only and len(langs) < 2:
-        parser.error("--text-only settings compare languages: give at least two with --lang")
+    langs = select_languages(parser, args, available)
     if not args.text_only and args.images is None:
         parser.error("--images is required (or use --text-only)")
     if args.translate_test and "en" not in available:
         parser.error("--translate-test needs English captions in --captions")
     try:
-        split = load_xtd_split(captions_dir, sorted(set(langs) | ({"en"} if args.translate_test else set()),
-                                                    key=available.index), dataset=args.dataset)
+        split = load_xtd_split(captions_dir, languages_to_read(args, langs, available), dataset=args.dataset)
         image_paths = None if args.text_only else find_images(args.images, split.image_names)
     except BenchmarkDataError as e:
         parser.error(str(e))
