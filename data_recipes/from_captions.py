@@ -9,6 +9,10 @@ are opened as training opens them (``mclip_hbt.images.open_image``) and re-encod
 in input order. A JSONL line that is not a caption record, an image name outside ``--images``, a
 missing or an unreadable image skips its sample; every skip is listed in ``OUT/skipped.jsonl`` and
 counted in ``OUT/dataset.json``.
+
+The test images of XTD10, xFlickr&CO and Multi30K test2016 (``mclip_hbt.benchmark_images``, read from
+``--benchmark-data``) are skipped too, unless ``--allow-benchmark-images``: a model trained on them scores
+those benchmarks on images it has seen.
 """
 from __future__ import annotations
 
@@ -27,10 +31,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from data_recipes.images import PIL_FORMATS, encode_image
+from mclip_hbt.benchmark_images import BenchmarkImages, read_benchmark_images
 from mclip_hbt.caption_files import CaptionFileError, read_aligned_captions
 from mclip_hbt.fileio import OutputError, check_output_dir, parse_json, write_text_atomic
 from mclip_hbt.images import ImageFinder
 from mclip_hbt.languages import canonical_lang, parse_lang_list
+from mclip_hbt.paths import shared_data_dir
 from mclip_hbt.shards import CaptionShardWriter
 
 #: One input sample: image name, captions per language, machine-translated languages.
@@ -130,18 +136,30 @@ def _encode_job(job: tuple[int, str], max_side: int, fmt: str, quality: int) -> 
 def build_shards(entries: list[Entry], images_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                  shard_size: int = 1000, max_side: int = 512, fmt: str = "jpg", quality: int = 90,
                  source: str = "", mt: set[str] = frozenset(), workers: int = 1, prefix: str = "shard",
-                 bad_lines: list[dict] = ()) -> dict:
+                 bad_lines: list[dict] = (), benchmarks: BenchmarkImages | None = None,
+                 allow_benchmark_images: bool = False) -> dict:
     """Write ``entries`` as shards; return the dataset.json contents (with ``skipped`` counts by reason).
 
     ``bad_lines``: skip reports of input lines that gave no entry (``read_jsonl``), listed first.
+    ``benchmarks``: test images to recognise; they are skipped, or kept with ``allow_benchmark_images``,
+    and counted either way in ``benchmark_images`` (kept ones by name).
     """
     out_dir = Path(out_dir)
     finder = ImageFinder(images_dir)
     skipped: list[tuple[int, dict]] = [(-1, line) for line in bad_lines]  # (input position, report line)
     jobs: list[tuple[int, str]] = []
+    benchmark_hits: dict[str, dict[str, list[str]]] = {"skipped": {}, "kept": {}}  # what → benchmark → images
     for index, (image, captions, _) in enumerate(entries):
         if not any(t.strip() for texts in captions.values() for t in texts):
             skipped.append((index, {"image": image, "reason": "no captions"}))
+            continue
+        held_in = benchmarks.benchmarks_of(image) if benchmarks else []
+        for benchmark in held_in:
+            benchmark_hits["kept" if allow_benchmark_images else "skipped"].setdefault(benchmark, []).append(image)
+        if held_in and not allow_benchmark_images:
+            skipped.append((index, {"image": image, "reason": "benchmark image",
+                                    "detail": f"a test image of {', '.join(held_in)} (--allow-benchmark-images "
+                                              "keeps it)"}))
             continue
         if finder.escapes(image):
             skipped.append((index, {"image": image, "reason": "outside images",
@@ -165,7 +183,11 @@ def build_shards(entries: list[Entry], images_dir: str | os.PathLike, out_dir: s
                     continue
                 writer.write(sample_key(image, used_keys), data, fmt, captions, mt=sorted(entry_mt | mt), source=source)
             reasons = Counter(s["reason"] for _, s in skipped)
-            stats = writer.close({"source": source, "skipped": dict(sorted(reasons.items()))})
+            checked = benchmarks.describe() if benchmarks else {"checked": {}, "not_checked": {}}
+            stats = writer.close({"source": source, "skipped": dict(sorted(reasons.items())), "benchmark_images": {
+                **checked, "allowed": allow_benchmark_images,
+                **{what: {b: len(names) for b, names in sorted(hits.items())} for what, hits in benchmark_hits.items()},
+                "kept_images": dict(sorted(benchmark_hits["kept"].items()))}})
     write_text_atomic(out_dir / "skipped.jsonl", "".join(json.dumps(s, ensure_ascii=False) + "\n"
                                                          for _, s in sorted(skipped, key=lambda x: x[0])))
     return stats
@@ -215,6 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quality", type=int, default=90, help="JPEG/WebP quality (1-100) (default: %(default)s)")
     p.add_argument("--source", default=None,
                    help="source name stored with every sample (default: the captions file's name)")
+    p.add_argument("--benchmark-data", type=Path, default=None,
+                   help="folder holding the benchmarks' files (xtd10/, xflickrco/, multi30k/) whose test images are "
+                        "skipped (default: $MCLIP_HBT_DATA or ../shared/data)")
+    p.add_argument("--allow-benchmark-images", action="store_true",
+                   help="keep the benchmarks' test images (still counted in dataset.json): a model trained on "
+                        "them is flagged by the evaluators")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="image encoding processes (default: %(default)s)")
     return p
@@ -267,14 +295,27 @@ def main(argv: list[str] | None = None) -> int:
     except OutputError as e:
         parser.error(str(e))
 
+    benchmark_root = args.benchmark_data or shared_data_dir()
+    if args.benchmark_data is not None and not benchmark_root.is_dir():
+        parser.error(f"--benchmark-data: not a folder: {benchmark_root}")
+    benchmarks = read_benchmark_images(benchmark_root)
+    if benchmarks.warning():
+        print(f"warning: {benchmarks.warning()}", file=sys.stderr)
+
     source = args.source if args.source is not None else Path(input_file).stem
     stats = build_shards(entries, args.images, args.out, shard_size=args.shard_size, max_side=args.max_side,
                          fmt=args.format, quality=args.quality, source=source, mt=mt, workers=args.workers,
-                         prefix=args.prefix, bad_lines=bad_lines)
+                         prefix=args.prefix, bad_lines=bad_lines, benchmarks=benchmarks,
+                         allow_benchmark_images=args.allow_benchmark_images)
     skipped = stats["skipped"]
     print(f"wrote {stats['num_samples']} samples in {stats['num_shards']} shards to {args.out}; "
           f"skipped {sum(skipped.values())}" + (f" ({', '.join(f'{r}: {n}' for r, n in skipped.items())}, "
                                                   f"listed in skipped.jsonl)" if skipped else ""))
+    found = stats["benchmark_images"]
+    what = "kept" if args.allow_benchmark_images else "skipped"
+    if found[what]:
+        print(f"  benchmark test images {what}: " + ", ".join(f"{b}: {n}" for b, n in found[what].items())
+              + (" (--allow-benchmark-images; the evaluators will flag them)" if what == "kept" else ""))
     for lang, counts in stats["languages"].items():
         print(f"  {lang}: {counts['samples']} samples, {counts['captions']} captions"
               + (f" ({counts['mt_captions']} machine-translated)" if counts["mt_captions"] else ""))

@@ -25,11 +25,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from mclip_hbt.benchmark_images import MULTI30K_TEST2016_NAMES_FILE, XTD_NAMES_FILE
 from mclip_hbt.caption_files import CaptionFileError, read_lines
 from mclip_hbt.images import ImageFinder
 from mclip_hbt.languages import XTD_LANGS, canonical_lang
 
-XTD_NAMES_FILE = "test_image_names.txt"
 XTD_CAPTION_PREFIX = "test_1kcaptions_"
 MULTI30K_LANGS = ("en", "de", "fr", "cs")
 #: Multi30K languages with five captions per test image (task 2).
@@ -202,7 +202,7 @@ def load_multi30k_test2016(root: str | os.PathLike, langs: list[str]) -> Retriev
             raise BenchmarkDataError(f"no {filename} under {root}; expected the multi30k/dataset layout")
         return path
 
-    names_file = need("test_2016_flickr.txt")
+    names_file = need(MULTI30K_TEST2016_NAMES_FILE)
     names = [n.strip() for n in _read(names_file)]
 
     def caption_lines(filename: str) -> list[str]:

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
+from mclip_hbt.benchmark_images import overlap
 from mclip_hbt.fileio import OutputError, check_output_dir, check_output_file, parse_json
 from mclip_hbt.hub import ModelUnavailableError
 from mclip_hbt.languages import parse_lang_list
@@ -171,16 +173,43 @@ def train_meta(model: RetrievalModel) -> dict | None:
     return meta
 
 
-def run_meta(args: argparse.Namespace, model: RetrievalModel, benchmark: str, langs: list[str], n_images: int | dict,
-             unreadable_images: list[Path], started: float) -> dict:
+#: The benchmark (``mclip_hbt.benchmark_images``) whose test images each evaluated split holds.
+SPLIT_IMAGES_OF = {"xtd10": "xtd10", "mscoco-1k": "xtd10", "xflickrco": "xflickrco", "multi30k": "multi30k-test2016"}
+
+
+def contamination(prog: str, splits: dict[str, RetrievalSplit], train: dict | None) -> dict:
+    """Per split, how many of its images the model trained on (``benchmark_images.overlap``); a warning on
+    stderr for every split with any, or whose count is unknown for a model trained here."""
+    found = {}
+    for name, split in splits.items():
+        record = None if train is None else train.get("benchmark_images")
+        found[name] = overlap(split.image_names, SPLIT_IMAGES_OF.get(split.dataset, split.dataset), record)
+        hits = found[name]["trained_on"]
+        if hits:
+            print(f"{prog}: warning: the model trained on {hits} of the {len(split.image_names)} test images of "
+                  f"{name} (e.g. {', '.join(found[name]['examples'])}); its scores there are not zero-shot",
+                  file=sys.stderr)
+        elif train is not None and not found[name]["known"]:
+            print(f"{prog}: warning: cannot tell whether the model trained on {name}'s test images: "
+                  f"{found[name]['note']}", file=sys.stderr)
+    return found
+
+
+def run_meta(args: argparse.Namespace, parser: argparse.ArgumentParser, model: RetrievalModel, benchmark: str,
+             langs: list[str], splits: dict[str, RetrievalSplit], unreadable_images: list[Path],
+             started: float) -> dict:
+    """The result JSON's ``meta``; ``splits`` by name (``{benchmark: split}`` for xtd and xflickrco, M3C's parts)."""
+    n_images = {name: len(s.image_names) for name, s in splits.items()}
+    train = train_meta(model)
     meta = {"benchmark": benchmark, "model": args.model, "model_name": model.name, "pretrained": model.pretrained,
-            "languages": langs, "pool_languages": args.pool_langs, "n_images": n_images,
+            "languages": langs, "pool_languages": args.pool_langs,
+            "n_images": n_images[benchmark] if list(splits) == [benchmark] else n_images,
             "n_unreadable_images": len(unreadable_images),
             "unreadable_images": [str(p) for p in unreadable_images], "device": str(args.device),
             "seconds": round(time.perf_counter() - started, 2), "date": now_iso(), "versions": package_versions(),
             "text_only": bool(args.text_only), "translate_test": bool(args.translate_test),
-            "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
-    train = train_meta(model)
+            "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "contamination": contamination(parser.prog, splits, train)}
     if train is not None:
         meta["train"] = train
     return meta

@@ -109,8 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         records += result.records
         summary[part] = result.summary
         unreadable += result.unreadable_images
-    meta = run_meta(args, model, "m3c", langs, {p: len(s.image_names) for p, s in splits.items()}, unreadable,
-                    started)
+    meta = run_meta(args, parser, model, "m3c", langs, splits, unreadable, started)
     meta["part_languages"] = part_langs
     meta["caption_counts"] = CAPTION_COUNTS
     meta["image_text_captions"] = {p: {lang: sum(map(len, s.captions[lang])) for lang in part_langs[p]}

@@ -21,7 +21,10 @@ Shape (recalls, mAP as fractions in [0, 1]; rank distances in ranks; ranks start
                "n_images", "n_unreadable_images", "unreadable_images" (files that could not be
                decoded: every pair involving one counts as a miss), "device", "seconds", "date",
                "versions", "text_only", "translate_test",
-               "train" (the trainer's train_meta.json when the model is a saved run), ...}
+               "train" (the trainer's train_meta.json when the model is a saved run),
+               "contamination": {split: {"known", "test_images", "trained_on", "examples", "note"}}
+                   (how many of the split's images the model trained on, from train_meta.json's
+                   benchmark_images; known is false when that record cannot tell), ...}
     }
 
 ``crosslingual`` and ``multilingual_*`` are null where they do not apply (fewer than two

@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model_or_exit(parser, args)
 
     result = evaluate_or_exit(parser, args, split, model, langs, image_paths)
-    meta = run_meta(args, model, DATASET, langs, len(split.image_names), result.unreadable_images, started)
+    meta = run_meta(args, parser, model, DATASET, langs, {DATASET: split}, result.unreadable_images, started)
     meta["ja_entity_numbers_stripped"] = "ja" in langs
     meta["caption_relation"] = CAPTION_RELATION
     print(format_summary(result.summary, langs, f"xFlickr&CO — {args.model} ({meta['seconds']:.0f} s)"))

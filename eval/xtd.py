@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model_or_exit(parser, args)
 
     result = evaluate_or_exit(parser, args, split, model, langs, image_paths)
-    meta = run_meta(args, model, args.dataset, langs, len(split.image_names), result.unreadable_images, started)
+    meta = run_meta(args, parser, model, args.dataset, langs, {args.dataset: split}, result.unreadable_images, started)
     print(format_summary(result.summary, langs, f"{args.dataset} — {args.model} ({meta['seconds']:.0f} s)"))
     return write_outputs(parser, args, result.records, result.summary, meta, lambda: [
         language_panel(args.dataset, result.summary, langs, model.name, "t2i_r@10", "text→image R@10",

@@ -81,6 +81,10 @@ class TrainConfig:
     keep_checkpoints: int = option(2, "Keep the newest N checkpoints.")
     resume: str = option("none", "Resume: 'auto' (newest complete checkpoint in output_dir, if any), a checkpoint "
                          "folder (OUTPUT_DIR/checkpoints/step_N), or 'none'.")
+    benchmark_data: str | None = option(None, "Folder holding the benchmarks' files (xtd10/, xflickrco/, multi30k/) "
+                                        "whose test images the run watches for: train_meta.json lists those it "
+                                        "trained on, and the evaluators flag them (default: $MCLIP_HBT_DATA or "
+                                        "../shared/data).")
 
     def dataset_lang_counts(self) -> dict[str, int] | None:
         """Per-language sample counts from the dataset.json beside each source's shards (for the draws), human
@@ -134,6 +138,8 @@ class TrainConfig:
                                                      f"known: {', '.join(sorted(known))}")
             if (Path(self.model) / CONFIG_NAME).is_file():
                 raise OptionError("model_overrides", f"cannot be applied to the saved model {self.model}")
+        if self.benchmark_data is not None and not Path(self.benchmark_data).is_dir():
+            raise OptionError("benchmark_data", f"not a folder: {self.benchmark_data}")
         data = self.data
         if not data.train_data:
             raise OptionError("train_data", "no training shards given")

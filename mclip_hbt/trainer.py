@@ -39,12 +39,14 @@ from safetensors.torch import load_model, save_model
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from .benchmark_images import BenchmarkSightings, read_benchmark_images
 from .data import ChunkLoader
 from .fileio import OutputError, atomic_directory, check_output_dir, free_bytes, write_json_atomic, write_text_atomic
 from .hub import ModelUnavailableError
 from .hybrid import HybridBatcher, summarize_records
 from .loss import ContrastiveLoss
 from .model import TRAIN_META_NAME, MultilingualCLIP, create_model
+from .paths import shared_data_dir
 from .samples import FaultCounter
 from .train_config import TrainConfig, parse_config
 
@@ -431,7 +433,7 @@ def resolve_resume(config: TrainConfig, output_dir: Path, world_size: int) -> Pa
 
 def load_checkpoint(path: Path, accelerator: Accelerator, unwrapped: MultilingualCLIP,
                     optimizer: torch.optim.Optimizer, scheduler, state: TrainingState, loader: ChunkLoader,
-                    batcher: HybridBatcher) -> None:
+                    batcher: HybridBatcher, sightings: BenchmarkSightings) -> None:
     """Restore everything ``save_checkpoint`` wrote, for this process.
 
     Only safetensors and ``torch.load(weights_only=True)`` read the files, so a file holding anything
@@ -452,6 +454,7 @@ def load_checkpoint(path: Path, accelerator: Accelerator, unwrapped: Multilingua
         set_rng_state(rank_state["rng"])
         loader.load_state_dict(rank_state["loader"])
         batcher.load_state_dict(rank_state["batcher"])  # the loader resumes after the chunks the batcher read
+        sightings.load_state_dict(rank_state["benchmark_sightings"])
     except READ_ERRORS as err:
         raise ValueError(f"--resume: {path / current} cannot be restored ({_first_line(err)}): it is damaged, holds "
                          "something other than this trainer's tensors and plain data, or belongs to another model "
@@ -551,17 +554,22 @@ def train(config: TrainConfig) -> Path:
                                          draft_size=image_size if isinstance(image_size, int) else None,
                                          pin_memory=accelerator.device.type == "cuda")
             batcher = config.build_batcher(world)
+            sightings = BenchmarkSightings(read_benchmark_images(config.benchmark_data or shared_data_dir()))
+            if accelerator.is_main_process and sightings.benchmarks.warning():
+                logger.warning("%s", sightings.benchmarks.warning())
             loss_fn = ContrastiveLoss(kind=config.loss, text_pair_weight=config.text_pair_weight)
 
             if resume_from is not None:
-                load_checkpoint(resume_from, accelerator, unwrapped, optimizer, scheduler, state, loader, batcher)
+                load_checkpoint(resume_from, accelerator, unwrapped, optimizer, scheduler, state, loader, batcher,
+                                sightings)
                 logger.info("resumed from %s at step %d", resume_from, state.step)
             last_saved = state.step if resume_from is not None else None
 
             def checkpoint() -> None:
                 nonlocal last_saved
                 save_checkpoint(accelerator, output_dir, unwrapped, optimizer, scheduler, state,
-                                {"loader": loader.state_dict(), "batcher": batcher.state_dict()},
+                                {"loader": loader.state_dict(), "batcher": batcher.state_dict(),
+                                 "benchmark_sightings": sightings.state_dict()},
                                 config.keep_checkpoints)
                 last_saved = state.step
 
@@ -593,6 +601,7 @@ def train(config: TrainConfig) -> Path:
                 accelerator.end_training()
                 raise TrainingStopped(f"stop requested while waiting for data: no new checkpoint; --resume auto "
                                       f"continues from {kept}") from None
+            sightings.observe(batch["keys"])
             losses, logit_scale = train_step(model, unwrapped, batch, loss_fn, optimizer, accelerator, config, state)
             scheduler.step()
             if accelerator.is_main_process:
@@ -638,7 +647,9 @@ def train(config: TrainConfig) -> Path:
                 "batch_size": config.batch_size, "lang_distribution": config.hybrid.lang_distribution,
                 "loss": config.loss, "train_data": config.data.train_data,
                 "samples_seen": state.step * config.batch_size, "nonfinite_steps": state.nonfinite_total,
-                "data_faults": dict(faults)}
+                "data_faults": dict(faults),
+                "benchmark_images": sightings.summary(i for seen in gather_object([sorted(sightings.seen)])
+                                                      for i in seen)}
         if accelerator.is_main_process:  # rank 0's batches, the ones its step log holds
             meta["batches"] = summarize_records(read_step_log(output_dir / STEP_LOG))
         on_main(accelerator, lambda: _export(unwrapped, final_dir, meta, output_dir))

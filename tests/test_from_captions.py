@@ -71,7 +71,7 @@ def test_multi30k_test2016_captions_round_trip(shared_data, multi30k_images, tmp
         files = {lang: [root / f"task2/raw/test_2016.{i}.{lang}.gz" for i in range(1, 6)] for lang in ("en", "de")}
     args = ["--images", str(images), "--out", str(tmp_path), "--image-list",
             str(root / "task1/image_splits/test_2016_flickr.txt"), "--shard-size", "300", "--max-side", "8",
-            "--workers", "2", "--source", "multi30k"]
+            "--workers", "2", "--source", "multi30k", "--allow-benchmark-images"]
     for lang, paths in files.items():
         args += [arg for p in paths for arg in ("--captions", f"{lang}={p}")]
     assert from_captions(args) == 0
@@ -90,6 +90,9 @@ def test_multi30k_test2016_captions_round_trip(shared_data, multi30k_images, tmp
     assert {lang: v["captions"] for lang, v in meta["languages"].items()} == \
         {lang: len(names) * len(paths) for lang, paths in files.items()}
     assert meta["skipped"] == {} and (tmp_path / "skipped.jsonl").read_text() == ""
+    # Multi30K test2016 is the Flickr half of xFlickr&CO: every image is a test image of both, kept and counted.
+    found = meta["benchmark_images"]
+    assert found["kept"] == {"multi30k-test2016": 1000, "xflickrco": 1000} and found["skipped"] == {}
 
 
 @pytest.mark.slow
@@ -103,7 +106,7 @@ def test_xtd10_crlf_files_round_trip_with_coco_subfolders(shared_data, tmp_path)
 
     args = ["--images", str(images), "--out", str(tmp_path / "out"),
             "--image-list", str(xtd / "XTD10/test_image_names.txt"), "--max-side", "8", "--workers", "2",
-            "--mt", "de,fr"]
+            "--mt", "de,fr", "--allow-benchmark-images"]
     for lang, path in files.items():
         args += ["--captions", f"{lang}={path}"]
     assert from_captions(args) == 0
@@ -239,3 +242,52 @@ def test_bad_arguments_are_refused_before_any_work(tmp_path, capsys, extra, mess
     assert exit_info.value.code == 2  # argparse's usage error, not a crash
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_benchmark_test_images_are_skipped_unless_allowed(shared_data, tmp_path, capsys):
+    """XTD10's own names, a COCO 2017 spelling of one of them and a Flickr30k test image are skipped by
+    default and listed; --allow-benchmark-images keeps them, counted and named in dataset.json."""
+    xtd = [n.strip() for n in read_lines(shared_data / "xtd10/XTD10/test_image_names.txt")]
+    benchmark = xtd[:25] + xtd[-5:]  # train2014 and val2014 names
+    coco_2017 = xtd[100].split("_")[-1]  # COCO_train2014_000000123456.jpg is 000000123456.jpg in COCO 2017
+    flickr = "1007129816.jpg"  # first image of Multi30K test2016, also in xFlickr&CO
+    others = [f"holiday_{i:04d}.jpg" for i in range(20)]
+    names = benchmark + [coco_2017, flickr] + others
+    images = tmp_path / "images"
+    placeholder_images(images, names)
+    jsonl = tmp_path / "captions.jsonl"
+    jsonl.write_text("".join(json.dumps({"image": n, "captions": {"en": f"photo {i}", "de": f"Foto {i}"}}) + "\n"
+                             for i, n in enumerate(names)))
+    args = ["--jsonl", str(jsonl), "--images", str(images), "--max-side", "8", "--workers", "1",
+            "--benchmark-data", str(shared_data)]
+
+    assert from_captions([*args, "--out", str(tmp_path / "guarded")]) == 0
+    assert "benchmark test images skipped: multi30k-test2016: 1, xflickrco: 1, xtd10: 31" in capsys.readouterr().out
+    assert sorted(key for key, _, _ in read_shards(tmp_path / "guarded")) == [Path(n).stem for n in others]
+    listed = [json.loads(line) for line in (tmp_path / "guarded/skipped.jsonl").read_text().splitlines()]
+    assert [s["image"] for s in listed] == benchmark + [coco_2017, flickr]
+    assert {s["reason"] for s in listed} == {"benchmark image"}
+    meta = json.loads((tmp_path / "guarded/dataset.json").read_text())
+    assert meta["skipped"] == {"benchmark image": 32} and meta["num_samples"] == 20
+    assert meta["benchmark_images"]["checked"] == {"xtd10": 1000, "xflickrco": 2000, "multi30k-test2016": 1000}
+    assert meta["benchmark_images"]["skipped"] == {"multi30k-test2016": 1, "xflickrco": 1, "xtd10": 31}
+
+    assert from_captions([*args, "--out", str(tmp_path / "allowed"), "--allow-benchmark-images"]) == 0
+    meta = json.loads((tmp_path / "allowed/dataset.json").read_text())
+    assert meta["num_samples"] == len(names) and meta["skipped"] == {}
+    assert meta["benchmark_images"]["kept_images"]["xtd10"] == benchmark + [coco_2017]
+
+
+def test_benchmarks_whose_files_are_missing_are_named_not_fatal(tmp_path, capsys):
+    images = tmp_path / "images"
+    placeholder_images(images, ["COCO_train2014_000000061844.jpg"])
+    jsonl = tmp_path / "captions.jsonl"
+    jsonl.write_text(json.dumps({"image": "COCO_train2014_000000061844.jpg", "captions": {"en": "a photo"}}) + "\n")
+    (tmp_path / "benchmarks/xtd10").mkdir(parents=True)  # a user holding no benchmark files yet
+    assert from_captions(["--jsonl", str(jsonl), "--images", str(images), "--out", str(tmp_path / "out"),
+                          "--benchmark-data", str(tmp_path / "benchmarks")]) == 0
+    err = capsys.readouterr().err
+    assert "cannot recognise the test images of xtd10 (no test_image_names.txt under" in err
+    meta = json.loads((tmp_path / "out/dataset.json").read_text())
+    assert meta["num_samples"] == 1 and meta["benchmark_images"]["checked"] == {}
+    assert set(meta["benchmark_images"]["not_checked"]) == {"xtd10", "xflickrco", "multi30k-test2016"}

@@ -22,9 +22,12 @@ import numpy as np
 import pytest
 import torch
 from accelerate.state import AcceleratorState
+from PIL import Image
 from safetensors.torch import load_file
 
+from data_recipes.from_captions import main as from_captions
 from data_recipes.synth_scenes import generate
+from eval.xtd import main as eval_xtd
 from mclip_hbt.model import MultilingualCLIP, create_model
 from mclip_hbt.paths import REPO_ROOT
 from mclip_hbt.trainer import cli_main
@@ -303,3 +306,37 @@ def test_two_processes_end_to_end_with_faulty_shards(shards, tmp_path):
     with torch.no_grad():
         f = model.encode_text(model.tokenize(["ein roter Kreis"]))
     assert f.shape == (1, 32)
+
+
+def test_a_model_trained_on_xtd10_images_is_flagged_by_eval_xtd(shared_data, tmp_path, capsys):
+    """from_captions --allow-benchmark-images → training records the XTD10 images it drew → eval.xtd warns
+    and writes the count; one of them spelled as COCO 2017 names it, so images are matched by COCO id."""
+    xtd = (shared_data / "xtd10/XTD10/test_image_names.txt").read_text().split()
+    trained_xtd = xtd[:20] + xtd[-9:] + [xtd[500].split("_")[-1]]  # 30 test images, train2014 and val2014
+    names = trained_xtd + [f"holiday_{i:04d}.jpg" for i in range(20)]
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, name in enumerate(names):
+        Image.new("RGB", (16, 16), (i * 5 % 256, 90, 200)).save(images / name)
+    jsonl = tmp_path / "captions.jsonl"
+    jsonl.write_text("".join(json.dumps({"image": n, "captions": {"en": f"photo {i}", "de": f"Foto {i}"}}) + "\n"
+                             for i, n in enumerate(names)))
+    assert from_captions(["--jsonl", str(jsonl), "--images", str(images), "--out", str(tmp_path / "shards"),
+                          "--workers", "1", "--allow-benchmark-images", "--benchmark-data", str(shared_data)]) == 0
+
+    # alpha 0: every batch takes the oldest waiting samples, so 10 steps of 10 draw each of the 50 samples twice.
+    result = _train_in_process(["--train-data", str(tmp_path / "shards"), "--output-dir", str(tmp_path / "run"),
+                                "--max-steps", "10", "--batch-size", "10", "--alpha", "0", "--workers", "1",
+                                "--benchmark-data", str(shared_data)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((tmp_path / "run/model/train_meta.json").read_text())["benchmark_images"]
+    assert record["checked"] == {"xtd10": 1000, "xflickrco": 2000, "multi30k-test2016": 1000}
+    assert record["trained_on"]["xtd10"] == sorted(xtd[:20] + xtd[-9:] + [xtd[500]])
+
+    capsys.readouterr()
+    assert eval_xtd(["--text-only", "--lang", "en,de", "--model", str(tmp_path / "run/model"), "--device", "cpu",
+                     "--captions", str(shared_data / "xtd10"), "--no-progress",
+                     "--out", str(tmp_path / "xtd.json")]) == 0
+    assert "the model trained on 30 of the 1000 test images of xtd10" in capsys.readouterr().err
+    found = json.loads((tmp_path / "xtd.json").read_text())["meta"]["contamination"]["xtd10"]
+    assert found["known"] and found["trained_on"] == 30 and found["test_images"] == 1000
