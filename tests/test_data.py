@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 import torchvision.transforms as T
+import webdataset as wds
 from PIL import Image
 
 from mclip_hbt.data import LoaderConfig, SampleStream, build_loader
 from mclip_hbt.fileio import write_json_atomic
 from mclip_hbt.paths import REPO_ROOT
 from mclip_hbt.samples import SKIP_REASONS
-from mclip_hbt.shards import CaptionShardWriter
+from mclip_hbt.shards import CaptionShardWriter, iter_shard
 
 TO_TENSOR = T.ToTensor()
 
@@ -218,3 +219,15 @@ def test_refuses_weights_without_resampling_and_epochs_without_sizes(tmp_path):
     (tmp_path / "sizes.json").unlink()
     with pytest.raises(ValueError, match="sizes.json"):
         build_loader(LoaderConfig(train_data=pattern(tmp_path, 2)), TO_TENSOR)
+
+
+def test_every_sample_has_a_txt_caption_for_open_clip_style_readers(tmp_path):
+    # open_clip's loader and img2dataset-style tools read KEY.txt; a shard whose samples lack it reads as empty.
+    with CaptionShardWriter(tmp_path, max_count=10) as writer:
+        writer.write("a", image_bytes(0), "png", {"de": ["ein Hund"], "en": ["a dog"]})
+        writer.write("b", image_bytes(1), "png", {"sw": ["mbwa", "mbwa mdogo"], "ha": ["kare"]})
+        writer.write("c", image_bytes(2), "png", {"yo": ["ajá"]})
+    shard = str(tmp_path / "shard-000000.tar")
+    pairs = list(wds.WebDataset(shard, shardshuffle=False).to_tuple("__key__", "txt"))
+    assert pairs == [("a", b"a dog"), ("b", b"mbwa"), ("c", "ajá".encode())]
+    assert [s.key for s in iter_shard(shard)] == ["a", "b", "c"]
