@@ -68,7 +68,9 @@ class TrainConfig:
     eps: float = option(1e-6, "AdamW epsilon.")
     warmup_steps: int = option(100, "Linear warmup steps before the cosine decay.")
     grad_clip: float = option(1.0, "Clip the global gradient norm to this value (0 = off).")
-    mixed_precision: str = option("no", "accelerate mixed precision: no, bf16 or fp16.", choices=MIXED_PRECISION)
+    mixed_precision: str | None = option(None, "accelerate mixed precision: no, bf16 or fp16 (default: what "
+                                         "`accelerate launch --mixed_precision` or the accelerate config file says, "
+                                         "else no).", choices=MIXED_PRECISION)
     max_nonfinite_steps: int = option(5, "Stop after this many consecutive steps with a non-finite loss (each is "
                                       "skipped).")
     seed: int = option(0, "Seed of the hybrid-batch draws, data order and initialisation.")

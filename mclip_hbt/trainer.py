@@ -644,6 +644,7 @@ def train(config: TrainConfig) -> Path:
         for rank_faults in gather_object([dict(batcher.faults)]):
             faults.update(rank_faults)
         meta = {"alpha": config.hybrid.alpha, "seed": config.seed, "steps": state.step,
+                "mixed_precision": accelerator.mixed_precision,
                 "batch_size": config.batch_size, "lang_distribution": config.hybrid.lang_distribution,
                 "loss": config.loss, "train_data": config.data.train_data,
                 "samples_seen": state.step * config.batch_size, "nonfinite_steps": state.nonfinite_total,

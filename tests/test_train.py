@@ -340,3 +340,13 @@ def test_a_model_trained_on_xtd10_images_is_flagged_by_eval_xtd(shared_data, tmp
     assert "the model trained on 30 of the 1000 test images of xtd10" in capsys.readouterr().err
     found = json.loads((tmp_path / "xtd.json").read_text())["meta"]["contamination"]["xtd10"]
     assert found["known"] and found["trained_on"] == 30 and found["test_images"] == 1000
+
+
+@pytest.mark.parametrize("ours, expected", [([], "bf16"), (["--mixed-precision", "no"], "no")])
+def test_precision_comes_from_the_launcher_unless_given_here(shards, tmp_path, monkeypatch, ours, expected):
+    # `accelerate launch --mixed_precision bf16` (or its config file) reaches the trainer as this variable.
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    result = _train_in_process(["--train-data", str(shards), "--output-dir", str(tmp_path / "run"),
+                                "--max-steps", "1", *ours])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "run/model/train_meta.json").read_text())["mixed_precision"] == expected
