@@ -11,6 +11,7 @@ from . import settings
 from .benchmark_data import RetrievalSplit
 from .metrics import check_finite
 from .models import RetrievalModel
+from .results import clip_benchmark_language
 from .text_cache import TextFeatureCache
 
 
@@ -66,7 +67,8 @@ def evaluate_split(split: RetrievalSplit, model: RetrievalModel, *, langs: list[
             recalls, summary["monolingual"][lang] = settings.monolingual(text_emb, text_image, image_emb, device,
                                                                          unreadable)
             records.append({"dataset": split.dataset, "model": model.name, "pretrained": model.pretrained,
-                            "task": "zeroshot_retrieval", "language": lang, "metrics": recalls})
+                            "task": "zeroshot_retrieval", "language": clip_benchmark_language(split.dataset, lang),
+                            "metrics": recalls})
     pool_emb = {lang: e for lang, e in aligned_emb.items() if lang in pool_langs}
     if image_paths and pool_emb:
         summary["multilingual_image"] = settings.multilingual_image(image_emb, pool_emb, device, unreadable)

@@ -15,7 +15,6 @@ input order. On CUDA the forward passes run under bfloat16 autocast, as CLIP_ben
 """
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
@@ -32,6 +31,7 @@ from tqdm.auto import tqdm
 
 from mclip_hbt.bundled import BUNDLED_PREFIX, E5_QUERY_PREFIX
 from mclip_hbt.encoding import encode_in_length_order
+from mclip_hbt.fileio import parse_json
 from mclip_hbt.hub import ModelUnavailableError, load_or_explain
 from mclip_hbt.images import ImageError, open_image
 from mclip_hbt.model import CONFIG_NAME, PRESETS, MultilingualCLIP, create_model
@@ -177,6 +177,23 @@ def _from_text_encoder(name: str, device: torch.device) -> RetrievalModel:
                           text_encoder=tower, text_head=nn.Identity())
 
 
+def saved_model_name(folder: Path) -> str:
+    """What a saved run is, for result records: ``mclip_hbt:PRESET``, or ``mclip_hbt:TEXT+VISION`` (the models it
+    was created from) for a model built from a config of its own."""
+    config = parse_json((folder / CONFIG_NAME).read_bytes())
+    preset = config.get("architecture", {}).get("preset")
+    if preset:
+        return f"mclip_hbt:{preset}"
+    origin = config.get("created_from", {})
+    return f"mclip_hbt:{origin.get('text_model', 'unknown')}+{origin.get('vision_model', 'unknown')}"
+
+
+def run_name(folder: Path) -> str:
+    """Which run a saved model is: its folder's name, or the run folder's for the trainer's ``RUN/model``."""
+    folder = folder.resolve()
+    return folder.parent.name if folder.name == "model" else folder.name
+
+
 def load_retrieval_model(spec: str, device: str | torch.device = "cpu") -> RetrievalModel:
     """Load ``spec`` (see the module docstring); raise :class:`ModelUnavailableError` with a plain
     message when it cannot be loaded."""
@@ -189,8 +206,8 @@ def load_retrieval_model(spec: str, device: str | torch.device = "cpu") -> Retri
         if spec.startswith(BUNDLED_PREFIX):
             return _from_text_encoder(spec, device)
         if (Path(spec) / CONFIG_NAME).is_file():
-            return _from_mclip(MultilingualCLIP.from_pretrained(spec), name=os.path.abspath(spec),
-                               pretrained="saved", device=device, source_dir=Path(spec))
+            return _from_mclip(MultilingualCLIP.from_pretrained(spec), name=saved_model_name(Path(spec)),
+                               pretrained=run_name(Path(spec)), device=device, source_dir=Path(spec))
         if spec in PRESETS:
             model = create_model(spec)
             return _from_mclip(model, name=spec, pretrained=model.config.vision_pretrained or "preset", device=device)

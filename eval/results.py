@@ -5,7 +5,7 @@ Shape (recalls, mAP as fractions in [0, 1]; rank distances in ranks; ranks start
     {
       "results": [                          # CLIP_benchmark's layout, one record per language
         {"dataset": "xtd10", "model": ..., "pretrained": ..., "task": "zeroshot_retrieval",
-         "language": "de",
+         "language": "de",                  # CLIP_benchmark's code: xtd10's Japanese is "jp"
          "metrics": {"image_retrieval_recall@1": .., "@5", "@10",      # text → image
                      "text_retrieval_recall@1": .., "@5", "@10"}}      # image → text
       ],                                    # empty for --text-only runs
@@ -27,6 +27,11 @@ Shape (recalls, mAP as fractions in [0, 1]; rank distances in ranks; ranks start
                    benchmark_images; known is false when that record cannot tell), ...}
     }
 
+Each record is also written as its own file, named as ``clip_benchmark eval`` names its own, in
+``NAME_clip_benchmark/`` beside ``NAME.json`` (``clip_benchmark build NAME_clip_benchmark --output
+NAME.csv`` reads them as they are). ``model``/``pretrained`` say what the model is: open_clip's
+architecture and tag, or for a run trained here ``mclip_hbt:TEXT+VISION`` and the run's name.
+
 ``crosslingual`` and ``multilingual_*`` are null where they do not apply (fewer than two
 languages; ``--translate-test``). ``eval.m3c`` writes the same document with ``summary`` keyed by
 part (``{"multi30k": <summary>, "mscoco-1k": <summary>}``). Published reference numbers never
@@ -34,16 +39,46 @@ appear in this file.
 """
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from mclip_hbt.fileio import write_json_atomic
+from mclip_hbt.fileio import atomic_directory, write_json_atomic
+
+#: CLIP_benchmark's language codes where they differ from ours: its xtd10 calls Japanese ``jp`` (its
+#: crossmodal3600 uses ``ja`` as we do; M3C's parts and xFlickr&CO are not CLIP_benchmark datasets).
+CLIP_BENCHMARK_LANGUAGES = {"xtd10": {"ja": "jp"}}
+#: CLIP_benchmark's default ``--output`` template, so our record files sit beside its own.
+RECORD_FILE_TEMPLATE = "{dataset}_{pretrained}_{model}_{language}_{task}.json"
+
+
+def clip_benchmark_language(dataset: str, lang: str) -> str:
+    return CLIP_BENCHMARK_LANGUAGES.get(dataset, {}).get(lang, lang)
+
+
+def records_dir(path: str | Path) -> Path:
+    """Where the CLIP_benchmark records of the result file ``path`` go: ``NAME_clip_benchmark/`` beside it."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}_clip_benchmark")
+
+
+def record_file_name(record: dict) -> str:
+    """CLIP_benchmark's file name for a record, with characters a file name cannot hold (``/``, ``:``) as ``-``."""
+    fields = {k: re.sub(r"[^\w.+=,@-]", "-", str(record[k])) for k in ("dataset", "pretrained", "model", "language",
+                                                                       "task")}
+    return RECORD_FILE_TEMPLATE.format(**fields)
 
 
 def write_results(path: str | Path, records: list[dict], summary: dict, meta: dict) -> Path:
+    """The result document at ``path``, and each record as its own file in ``records_dir(path)`` (the layout
+    ``clip_benchmark build`` reads: one ``{dataset, model, pretrained, task, language, metrics}`` per file),
+    that folder replaced whole so no record of an earlier run stays in it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_directory(records_dir(path)) as staging:
+        for record in records:
+            write_json_atomic(staging / record_file_name(record), record)
     write_json_atomic(path, {"results": records, "summary": summary, "meta": meta})
     return path
 

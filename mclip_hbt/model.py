@@ -85,6 +85,8 @@ class MultilingualCLIPConfig:
     init_logit_bias: float | None = None
     #: Image mean/std/interpolation overrides; by default the pretrained tag's, else OpenAI's.
     preprocess: dict = field(default_factory=dict)
+    #: The preset the config was made from (with any overrides), so a saved model can say what it is.
+    preset: str | None = None
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "MultilingualCLIPConfig":
@@ -365,7 +367,7 @@ def create_model(name_or_config: str | Mapping | MultilingualCLIPConfig, **overr
     elif isinstance(name_or_config, Mapping):
         config = MultilingualCLIPConfig.from_dict({**name_or_config, **overrides})
     elif name_or_config in PRESETS:
-        config = MultilingualCLIPConfig.from_dict({**PRESETS[name_or_config], **overrides})
+        config = MultilingualCLIPConfig.from_dict({**PRESETS[name_or_config], "preset": name_or_config, **overrides})
     elif (Path(name_or_config) / CONFIG_NAME).is_file():
         if overrides:
             raise ValueError("overrides cannot be applied to a saved model directory")

