@@ -279,6 +279,17 @@ def on_main(accelerator: Accelerator, work: Callable[[], object]) -> object:
     return result
 
 
+def check_output_dir_is_shared(output_dir: Path) -> None:
+    """OutputError on every process unless every one sees the lock the main process just took: each writes its
+    own files into every checkpoint, so on several machines the output folder must be on storage they share."""
+    blind = [rank for rank, sees in enumerate(gather_object([(output_dir / LOCK_FILE).is_file()])) if not sees]
+    if blind:
+        raise OutputError(f"--output-dir: process(es) {', '.join(map(str, blind))} cannot see "
+                          f"{output_dir / LOCK_FILE}, which the main process has written: with several machines "
+                          "--output-dir must be on storage all of them share (NFS, Lustre, ...; README, 'Several "
+                          "machines')")
+
+
 # ---------------------------------------------------------------------------------- checkpoints
 
 def checkpoint_step(path: Path) -> int | None:
@@ -536,6 +547,7 @@ def train(config: TrainConfig) -> Path:
             config.validate(world)
             set_seed(config.seed)
             resume_from = on_main(accelerator, claim_output_dir)
+            check_output_dir_is_shared(output_dir)
             model = unwrapped = build_model(config)
             if accelerator.is_main_process:
                 logger.info("parameters:\n%s", model.describe_parameters())
