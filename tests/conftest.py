@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -23,6 +24,14 @@ def shared_data() -> Path:
         pytest.skip(f"real caption data not found at {root}: set MCLIP_HBT_DATA to the folder holding "
                     "xtd10/ and multi30k/ (the project's shared/data)")
     return root
+
+
+def free_port() -> int:
+    """A TCP port free right now, for a multi-process launch's rendezvous: launches running at the same time
+    (``pytest -n``) must not share accelerate's default port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def copy_first_lines(source_root: Path, dest_root: Path, pattern: str, n: int) -> list[Path]:

@@ -1,5 +1,5 @@
 """Both ends of the declared version ranges that change file formats: a model saved under transformers 5 loads
-under 4.x and back, the bundled encoder converted under either gives the same embeddings, and shards written by
+under 4.x, the bundled encoder converted under either gives the same embeddings, and shards written by
 webdataset 1.x read under 0.2.x and back. The old versions are laid over this venv (``pip --target``, first on
 PYTHONPATH) in a subprocess; they come from the package index once and stay in the checkout's .cache/."""
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mclip_hbt.fileio import exclusive_lock
 from mclip_hbt.model import MultilingualCLIP, create_model
 from mclip_hbt.paths import REPO_ROOT
 from mclip_hbt.shards import CaptionShardWriter, iter_shard
@@ -34,12 +35,13 @@ def old_release():
 
     def folder(name: str) -> Path:
         target = root / name
-        if not (target / ".complete").is_file():
-            done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--upgrade",
-                                   "--target", str(target), *OLD_RELEASES[name]],
-                                  capture_output=True, text=True, timeout=600)
-            assert done.returncode == 0, f"pip could not install {OLD_RELEASES[name]}: {done.stderr[-2000:]}"
-            (target / ".complete").write_text("")
+        with exclusive_lock(root / f".{name}.lock"):  # one installer at a time (pytest -n runs several sessions)
+            if not (target / ".complete").is_file():
+                done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--upgrade",
+                                       "--target", str(target), *OLD_RELEASES[name]],
+                                      capture_output=True, text=True, timeout=600)
+                assert done.returncode == 0, f"pip could not install {OLD_RELEASES[name]}: {done.stderr[-2000:]}"
+                (target / ".complete").write_text("")
         return target
     return folder
 
@@ -55,12 +57,10 @@ def run_under(overlay: Path, script: str, *args: str, cache: Path | None = None)
 
 ENCODE_SAVED = r"""
 import json, sys, torch, transformers
-from mclip_hbt.model import MultilingualCLIP, create_model
-captions = json.loads(sys.argv[2])
-if sys.argv[1] == "save":  # a model saved by this version, for the other one to load
-    torch.manual_seed(1)
-    create_model("tiny").save_pretrained(sys.argv[3])
-model = MultilingualCLIP.from_pretrained(sys.argv[3]).eval()
+from mclip_hbt.fileio import exclusive_lock
+from mclip_hbt.model import MultilingualCLIP
+captions = json.loads(sys.argv[1])
+model = MultilingualCLIP.from_pretrained(sys.argv[2]).eval()
 with torch.no_grad():
     text = model.encode_text(model.tokenize(captions))
 print(json.dumps({"version": transformers.__version__, "text": text.tolist(),
@@ -73,20 +73,16 @@ def _encode(model: MultilingualCLIP) -> tuple[torch.Tensor, list]:
         return model.encode_text(model.tokenize(CAPTIONS)), model.tokenize(CAPTIONS)["input_ids"].tolist()
 
 
-def test_saved_models_load_across_transformers_4_and_5(old_release, tmp_path):
+def test_a_model_saved_under_transformers_5_loads_under_4(old_release, tmp_path):
     overlay = old_release("transformers4")
     torch.manual_seed(0)
     ours = create_model("tiny").eval()
     ours.save_pretrained(tmp_path / "saved-by-5")
     text, ids = _encode(ours)
-    loaded_by_4 = run_under(overlay, ENCODE_SAVED, "load", json.dumps(CAPTIONS), str(tmp_path / "saved-by-5"))
+    loaded_by_4 = run_under(overlay, ENCODE_SAVED, json.dumps(CAPTIONS), str(tmp_path / "saved-by-5"))
     assert loaded_by_4["version"].startswith("4.")
     # The same ids; the same floats up to the summation order of another process's thread count.
     assert loaded_by_4["ids"] == ids and torch.allclose(torch.tensor(loaded_by_4["text"]), text, atol=1e-6, rtol=0)
-
-    saved_by_4 = run_under(overlay, ENCODE_SAVED, "save", json.dumps(CAPTIONS), str(tmp_path / "saved-by-4"))
-    text, ids = _encode(MultilingualCLIP.from_pretrained(tmp_path / "saved-by-4").eval())
-    assert saved_by_4["ids"] == ids and torch.allclose(torch.tensor(saved_by_4["text"]), text, atol=1e-6, rtol=0)
 
 
 ENCODE_BUNDLED = r"""

@@ -4,7 +4,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import tarfile
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 import torchvision.transforms as T
 import webdataset as wds
+from conftest import free_port
 from PIL import Image
 
 from mclip_hbt.data import LoaderConfig, SampleStream, build_loader
@@ -133,9 +133,7 @@ def test_ranks_and_workers_split_an_epoch_exactly(tmp_path, sizes):
 @pytest.mark.slow
 def test_accelerate_two_processes_two_workers_exact_epoch(tmp_path):
     keys = write_shards(tmp_path / "shards", [5, 9, 3, 12, 7, 1, 8])
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     # accelerate 1.15 runs `--cpu --num_processes 2` as ONE process (multi-CPU needs MPI there); torchrun via
     # --multi_gpu plus ACCELERATE_USE_CPU gives two gloo processes on a CPU-only machine
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT), "ACCELERATE_USE_CPU": "true"}

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 from accelerate.state import AcceleratorState
+from conftest import free_port
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -34,10 +35,15 @@ from mclip_hbt.trainer import cli_main
 
 TRAIN_PY = str(REPO_ROOT / "train.py")
 TINY = str(REPO_ROOT / "configs" / "tiny.yaml")
-# accelerate 1.15 runs `launch --cpu --num_processes 2` as ONE process (its multi-CPU path needs MPI);
-# torchrun through --multi_gpu with ACCELERATE_USE_CPU gives two real gloo processes on a CPU machine.
-ACCELERATE_2CPU = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+
+
+def accelerate_2cpu() -> list[str]:
+    """accelerate 1.15 runs ``launch --cpu --num_processes 2`` as ONE process (its multi-CPU path needs MPI);
+    torchrun through --multi_gpu with ACCELERATE_USE_CPU gives two real gloo processes on a CPU machine, each
+    launch on a port of its own."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(free_port())]
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +204,7 @@ def test_two_process_step_equals_one_process_step(tmp_path):
     # under _env()); the two-process side is two real gloo processes.
     with torch.random.fork_rng(), _argv([script, str(tmp_path / "one.pt")]), _one_thread(), _own_accelerate_state():
         runpy.run_path(script, run_name="__main__")
-    double = subprocess.run(ACCELERATE_2CPU + [script, str(tmp_path / "two.pt")], env=_env(),
+    double = subprocess.run(accelerate_2cpu() + [script, str(tmp_path / "two.pt")], env=_env(),
                             capture_output=True, text=True, timeout=240)
     assert double.returncode == 0, double.stderr[-3000:]
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
@@ -287,7 +293,7 @@ def test_two_processes_end_to_end_with_faulty_shards(shards, tmp_path):
     _inject_faults(shards, data)
     out = tmp_path / "run"
     result = _train(["--train-data", str(data), "--output-dir", str(out), "--max-steps", "16",
-                     "--checkpoint-every", "8"], launcher=ACCELERATE_2CPU, timeout=400)
+                     "--checkpoint-every", "8"], launcher=accelerate_2cpu(), timeout=400)
     assert result.returncode == 0, result.stderr[-4000:]
     model = MultilingualCLIP.from_pretrained(out / "model")
     meta = json.loads((out / "model" / "train_meta.json").read_text())

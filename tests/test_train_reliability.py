@@ -22,7 +22,7 @@ import pytest
 import torch
 import torchvision.transforms as T
 from PIL import Image
-from test_train import ACCELERATE_2CPU, TINY, TRAIN_PY, _env, _train, _train_in_process
+from test_train import TINY, TRAIN_PY, _env, _train, _train_in_process, accelerate_2cpu
 
 from data_recipes.synth_scenes import generate
 from mclip_hbt import trainer
@@ -239,7 +239,7 @@ def test_one_process_without_usable_data_stops_every_process(synth, tmp_path):
     shutil.copy(tmp_path / "broken" / "broken-000001.tar", data)
     (data / "sizes.json").write_text(json.dumps({"synth-000000.tar": 24, "broken-000001.tar": 20}))
     result = _train(["--train-data", str(data), "--output-dir", str(tmp_path / "run"), *SMALL],
-                    launcher=ACCELERATE_2CPU, timeout=300)
+                    launcher=accelerate_2cpu(), timeout=300)
     assert result.returncode != 0
     assert "no usable training data: process 1: a whole epoch" in result.stderr
     assert not (tmp_path / "run" / "model").exists()
