@@ -77,6 +77,7 @@ from transformers import AutoTokenizer, XLMRobertaConfig
 from bench.encode_text import matmul_peak_gflops
 from eval.benchmark_data import MULTI30K_LANGS, load_multi30k_test2016, load_xtd_split
 from mclip_hbt.bundled import bundled_model_path, resolve_model_name
+from mclip_hbt.export import open_clip_config, open_clip_state_dict
 from mclip_hbt.fileio import write_json_atomic
 from mclip_hbt.languages import XTD_LANGS
 from mclip_hbt.loss import ContrastiveLoss
@@ -202,30 +203,19 @@ def hf_folder_for(ours: MultilingualCLIP, tmp: Path) -> Path:
 
 
 def register_openclip_config(name: str, ours: MultilingualCLIP, hf_folder: Path, cfg_dir: Path) -> dict:
-    """Write and register an open_clip model config for a CustomTextCLIP shaped like ``ours``."""
-    if ours.config.projection != "linear" or ours.config.pooling != "mean":
-        raise ValueError("the comparison needs a linear projection and mean pooling (open_clip's hf_proj_type "
-                         "'linear', hf_pooler_type 'mean_pooler')")
-    cfg = {"embed_dim": ours.embed_dim, "vision_cfg": dict(ours.vision_cfg),
-           "text_cfg": {"hf_model_name": str(hf_folder), "hf_tokenizer_name": str(hf_folder),
-                        "hf_proj_type": "linear", "hf_pooler_type": "mean_pooler",
-                        "context_length": OPENCLIP_CONTEXT}}
+    """Write and register the open_clip model config of a CustomTextCLIP shaped like ``ours`` (the export's own,
+    ``mclip_hbt.export.open_clip_config``), its text encoder and tokenizer read from ``hf_folder``."""
+    cfg = open_clip_config(ours, hf_folder)["model_cfg"]
+    cfg["text_cfg"]["context_length"] = OPENCLIP_CONTEXT
     path = cfg_dir / f"{name}.json"
     path.write_text(json.dumps(cfg, indent=2))
     open_clip.add_model_config(path)
     return cfg
 
 
-def openclip_state_dict(ours_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Our state dict under open_clip's CustomTextCLIP names: ``text_projection.*`` is its ``text.proj.*``;
-    ``visual.*``, ``text.transformer.*`` (the HF encoder) and ``logit_scale`` are named alike."""
-    return {("text.proj." + k[len("text_projection."):] if k.startswith("text_projection.") else k): v
-            for k, v in ours_state.items()}
-
-
 def build_openclip(name: str, ours: MultilingualCLIP, device: torch.device) -> torch.nn.Module:
     model = open_clip.create_model(name, pretrained_text=False, output_dict=True)  # random; overwritten below
-    model.load_state_dict(openclip_state_dict(ours.state_dict()), strict=True)
+    model.load_state_dict(open_clip_state_dict(ours), strict=True)
     return model.to(device)
 
 
