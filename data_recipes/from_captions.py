@@ -36,7 +36,6 @@ from mclip_hbt.caption_files import CaptionFileError, read_aligned_captions
 from mclip_hbt.fileio import OutputError, check_output_dir, parse_json, write_text_atomic
 from mclip_hbt.images import ImageFinder
 from mclip_hbt.languages import canonical_lang, parse_lang_list
-from mclip_hbt.paths import shared_data_dir
 from mclip_hbt.shards import CaptionShardWriter
 
 #: One input sample: image name, captions per language, machine-translated languages.
@@ -295,10 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     except OutputError as e:
         parser.error(str(e))
 
-    benchmark_root = args.benchmark_data or shared_data_dir()
-    if args.benchmark_data is not None and not benchmark_root.is_dir():
-        parser.error(f"--benchmark-data: not a folder: {benchmark_root}")
-    benchmarks = read_benchmark_images(benchmark_root)
+    if args.benchmark_data is not None and not args.benchmark_data.is_dir():
+        parser.error(f"--benchmark-data: not a folder: {args.benchmark_data}")
+    benchmarks = read_benchmark_images(args.benchmark_data)
     if benchmarks.warning():
         print(f"warning: {benchmarks.warning()}", file=sys.stderr)
 

@@ -181,8 +181,8 @@ def contamination(prog: str, splits: dict[str, RetrievalSplit], train: dict | No
     """Per split, how many of its images the model trained on (``benchmark_images.overlap``); a warning on
     stderr for every split with any, or whose count is unknown for a model trained here."""
     found = {}
+    record = None if train is None else train.get("benchmark_images")
     for name, split in splits.items():
-        record = None if train is None else train.get("benchmark_images")
         found[name] = overlap(split.image_names, SPLIT_IMAGES_OF.get(split.dataset, split.dataset), record)
         hits = found[name]["trained_on"]
         if hits:

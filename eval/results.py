@@ -30,7 +30,8 @@ Shape (recalls, mAP as fractions in [0, 1]; rank distances in ranks; ranks start
 Each record is also written as its own file, named as ``clip_benchmark eval`` names its own, in
 ``NAME_clip_benchmark/`` beside ``NAME.json`` (``clip_benchmark build NAME_clip_benchmark --output
 NAME.csv`` reads them as they are). ``model``/``pretrained`` say what the model is: open_clip's
-architecture and tag, or for a run trained here ``mclip_hbt:TEXT+VISION`` and the run's name.
+architecture and tag, or for a run trained here ``mclip_hbt:PRESET`` (``mclip_hbt:TEXT+VISION`` when
+it was built from a config of its own) and the run's name.
 
 ``crosslingual`` and ``multilingual_*`` are null where they do not apply (fewer than two
 languages; ``--translate-test``). ``eval.m3c`` writes the same document with ``summary`` keyed by

@@ -23,6 +23,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .paths import shared_data_dir
+
 #: The XTD-layout file that names a split's images, line-aligned with its caption files.
 XTD_NAMES_FILE = "test_image_names.txt"
 #: Multi30K's list of the Flickr30k images of test2016.
@@ -106,10 +108,11 @@ class BenchmarkImages:
                 " — point --benchmark-data at a folder holding xtd10/, xflickrco/ and multi30k/")
 
 
-def read_benchmark_images(root: str | os.PathLike) -> BenchmarkImages:
-    """The test image lists under ``root``; a benchmark whose files are missing or unreadable is listed in
-    ``unavailable`` with the reason, never an error (a user may hold only some benchmarks)."""
-    root = Path(root)
+def read_benchmark_images(root: str | os.PathLike | None = None) -> BenchmarkImages:
+    """The test image lists under ``root`` (default: ``shared_data_dir()``, where the evaluators read the
+    benchmarks); a benchmark whose files are missing or unreadable is listed in ``unavailable`` with the
+    reason, never an error (a user may hold only some benchmarks)."""
+    root = Path(root) if root is not None else shared_data_dir()
     found = BenchmarkImages(str(root))
     for benchmark, read in _READERS.items():
         try:

@@ -46,7 +46,6 @@ from .hub import ModelUnavailableError
 from .hybrid import HybridBatcher, summarize_records
 from .loss import ContrastiveLoss
 from .model import TRAIN_META_NAME, MultilingualCLIP, create_model
-from .paths import shared_data_dir
 from .samples import FaultCounter
 from .train_config import TrainConfig, parse_config
 
@@ -569,7 +568,7 @@ def train(config: TrainConfig) -> Path:
                                          draft_size=image_size if isinstance(image_size, int) else None,
                                          pin_memory=accelerator.device.type == "cuda")
             batcher = config.build_batcher(world)
-            sightings = BenchmarkSightings(read_benchmark_images(config.benchmark_data or shared_data_dir()))
+            sightings = BenchmarkSightings(read_benchmark_images(config.benchmark_data))
             if accelerator.is_main_process and sightings.benchmarks.warning():
                 logger.warning("%s", sightings.benchmarks.warning())
             loss_fn = ContrastiveLoss(kind=config.loss, text_pair_weight=config.text_pair_weight)
