@@ -56,7 +56,10 @@ CHECKPOINT_MANIFEST = "manifest.json"  # written last: what makes a checkpoint f
 CHECKPOINT_FORMAT = 1
 MODEL_FILE = "model.safetensors"
 TRAIN_STATE_FILE = "train_state.pt"  # optimizer, scheduler, grad scaler and TrainingState (main process)
-STEP_LOG = "steps.jsonl"  # one line per step: rank 0's hybrid-batch record (mode, language, counts) and the loss
+#: One line per step: rank 0's hybrid-batch record (mode, language, counts), the loss, and when the step ended
+#: (``time_s``, seconds since the training loop of this process started) after waiting ``data_s`` for its batch,
+#: so throughput and input stalls can be read off any run (bench/train_e2e.py does).
+STEP_LOG = "steps.jsonl"
 LOCK_FILE = "train.lock"
 #: What a failed write raises: the OS, torch's zip writer (a RuntimeError) and safetensors.
 WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
@@ -601,13 +604,16 @@ def train(config: TrainConfig) -> Path:
         batches = batcher(endless_chunks(loader, batcher, stop))
         progress = tqdm(total=config.max_steps, initial=state.step, disable=not accelerator.is_main_process,
                         desc="train", dynamic_ncols=True)
-        window_start, window_samples = time.perf_counter(), 0
+        loop_start = window_start = time.perf_counter()
+        window_samples = 0
         model.train()
         while state.step < config.max_steps:
+            wait_start = time.perf_counter()
             try:
                 batch, problem = next(batches), None
             except (NoUsableData, StopWhileWaiting) as err:
                 batch, problem = None, err
+            data_s = time.perf_counter() - wait_start
             try:
                 agree_on_batch(accelerator, problem)
             except StopWhileWaiting:
@@ -619,7 +625,9 @@ def train(config: TrainConfig) -> Path:
             losses, logit_scale = train_step(model, unwrapped, batch, loss_fn, optimizer, accelerator, config, state)
             scheduler.step()
             if accelerator.is_main_process:
-                step_log.write(json.dumps({**batch["record"], "loss": round(losses["loss"].item(), 6)}) + "\n")
+                loss = round(losses["loss"].item(), 6)  # waits for the step, so time_s is when it ended
+                step_log.write(json.dumps({**batch["record"], "loss": loss, "data_s": round(data_s, 4),
+                                           "time_s": round(time.perf_counter() - loop_start, 4)}) + "\n")
             state.step += 1
             window_samples += config.batch_size
 

@@ -223,8 +223,14 @@ def test_two_process_step_equals_one_process_step(tmp_path):
     assert abs(fresh - float(one["logit_scale"])) > 1e-4
 
 
+#: Step-log fields that differ between any two runs of the same steps.
+STEP_TIMING = ("data_s", "time_s")
+
+
 def _steps(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "steps.jsonl").read_text().splitlines()]
+    """The step log without its timings."""
+    records = [json.loads(line) for line in (run / "steps.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in record.items() if k not in STEP_TIMING} for record in records]
 
 
 @pytest.mark.slow
@@ -303,6 +309,11 @@ def test_two_processes_end_to_end_with_faulty_shards(shards, tmp_path):
     assert "data fault bad_image" in result.stderr
     records = _steps(out)
     assert len(records) == 16
+    # each step says when it ended and how long it waited for data, in a run's own clock
+    timed = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    ends = [r["time_s"] for r in timed]
+    assert ends == sorted(ends) and ends[0] > 0
+    assert all(0 <= r["data_s"] <= r["time_s"] for r in timed)
     modes = {r["mode"] for r in records}
     assert modes == {"mono", "cross"}
     assert meta["batches"]["monolingual_steps"] == sum(r["mode"] == "mono" for r in records)
