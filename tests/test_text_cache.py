@@ -45,6 +45,8 @@ def test_cached_embeddings_equal_encoded_ones_and_are_encoded_once(tmp_path, tin
     counter = CountingEncoder(model)
     direct = model.encode_texts(CAPTIONS, progress=False)
     encoded_directly = counter.captions
+    assert encoded_directly == len(set(CAPTIONS))  # without a cache too, a repeated caption is encoded once
+    torch.testing.assert_close(direct[4], direct[0])
     cache = TextFeatureCache(tmp_path / "cache")
     first = model.encode_texts(CAPTIONS, progress=False, cache=cache)
     assert counter.captions - encoded_directly == len(set(CAPTIONS))  # duplicates encoded once
