@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 
@@ -47,20 +48,26 @@ def textured_jpeg(rng: np.random.Generator, long_side: int) -> bytes:
     return buf.getvalue()
 
 
-def build_shards(out_dir: Path, num_samples: int, shard_size: int, long_side: int) -> str:
-    """Write (once) ``num_samples`` synthetic captioned JPEGs; return the shard pattern."""
+def synthetic_captions(i: int) -> dict[str, list[str]]:
+    return {"en": [f"a synthetic photo number {i}"], "de": [f"ein synthetisches Foto {i}"]}
+
+
+def build_shards(out_dir: Path, num_samples: int, shard_size: int, long_side: int,
+                 captions_of: Callable[[int], dict[str, list[str]]] = synthetic_captions,
+                 caption_source: str = "synthetic") -> str:
+    """Write (once) ``num_samples`` captioned JPEGs, sample i captioned ``captions_of(i)``; return the shard
+    pattern. ``caption_source`` names the captions in the marker that decides whether shards are reused."""
     num_shards = -(-num_samples // shard_size)
     pattern = f"{out_dir}/bench-{{000000..{num_shards - 1:06d}}}.tar"
     marker = out_dir / "dataset.json"
-    if marker.exists() and json.loads(marker.read_text()).get("profile") == [num_samples, shard_size, long_side]:
+    profile = [num_samples, shard_size, long_side, caption_source]
+    if marker.exists() and json.loads(marker.read_text()).get("profile") == profile:
         return pattern
     rng = np.random.default_rng(0)
     with CaptionShardWriter(out_dir, "bench", max_count=shard_size) as writer:
         for i in tqdm(range(num_samples), desc="writing bench shards", unit="img"):
-            writer.write(f"s{i:07d}", textured_jpeg(rng, long_side), "jpg",
-                         captions={"en": [f"a synthetic photo number {i}"], "de": [f"ein synthetisches Foto {i}"]},
-                         mt=["de"])
-        writer.close(extra={"profile": [num_samples, shard_size, long_side]})
+            writer.write(f"s{i:07d}", textured_jpeg(rng, long_side), "jpg", captions=captions_of(i))
+        writer.close(extra={"profile": profile})
     return pattern
 
 
@@ -112,17 +119,23 @@ def bench_openclip(args) -> dict:
     return result
 
 
-def run_openclip_side(args) -> dict:
-    """open_clip's pipeline in a child process that sees webdataset 0.2.86 first."""
+def openclip_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: this process's) with webdataset 0.2.86 first on ``PYTHONPATH``, installed into
+    ``.cache/wds0286`` the first time: the environment open_clip_train 3.3 runs in."""
     if not all((WDS_DIR / name).exists() for name in ("webdataset", "pandas")):
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--upgrade", "--target",
                         str(WDS_DIR), *OPENCLIP_ENV_PACKAGES], check=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(WDS_DIR), str(REPO_ROOT)])}
+    env = dict(os.environ if env is None else env)
+    return {**env, "PYTHONPATH": os.pathsep.join([str(WDS_DIR), str(REPO_ROOT)])}
+
+
+def run_openclip_side(args) -> dict:
+    """open_clip's pipeline in a child process that sees webdataset 0.2.86 first."""
     out = args.out.with_suffix(".openclip.tmp.json")
     cmd = [sys.executable, "-m", "bench.data_pipeline", "--openclip-only", "--shards", args.shards,
            "--num-samples", str(args.num_samples), "--workers", str(args.workers),
            "--batch-size", str(args.batch_size), "--out", str(out)] + ([] if args.resampled else ["--no-resampled"])
-    subprocess.run(cmd, env=env, cwd=REPO_ROOT, check=True)
+    subprocess.run(cmd, env=openclip_env(), cwd=REPO_ROOT, check=True)
     result = json.loads(out.read_text())
     out.unlink()
     return result

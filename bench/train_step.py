@@ -75,6 +75,7 @@ from tqdm import tqdm
 from transformers import AutoTokenizer, XLMRobertaConfig
 
 from bench.encode_text import matmul_peak_gflops
+from bench.options import add_device_option, benchmark_data, resolve_device, result_path
 from eval.benchmark_data import MULTI30K_LANGS, load_multi30k_test2016, load_xtd_split
 from mclip_hbt.bundled import bundled_model_path, resolve_model_name
 from mclip_hbt.export import open_clip_config, open_clip_state_dict
@@ -82,7 +83,6 @@ from mclip_hbt.fileio import write_json_atomic
 from mclip_hbt.languages import XTD_LANGS
 from mclip_hbt.loss import ContrastiveLoss
 from mclip_hbt.model import MultilingualCLIP
-from mclip_hbt.paths import REPO_ROOT, shared_data_dir
 from mclip_hbt.runtime import machine_info, now_iso, package_versions
 from mclip_hbt.train_config import TrainConfig
 from mclip_hbt.trainer import TrainingState, build_model, build_optimizer, train_step
@@ -553,8 +553,7 @@ def parse_list(values: list[str] | None, cast: Callable[[str], object]) -> list 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.train_step", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="where to run (default auto: cuda when available)")
+    add_device_option(parser)
     parser.add_argument("--batch-size", action="append", metavar="N[,N...]",
                         help="batch size(s), repeatable or comma-separated (default: 32 on CPU, 256,512 on CUDA)")
     parser.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",
@@ -587,10 +586,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args(argv)
 
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: torch sees no CUDA device")
+    args.device = resolve_device(parser, args.device)
     defaults = DEVICE_DEFAULTS[args.device]
     try:
         args.batch_sizes = parse_list(args.batch_size, int) or defaults["batch_sizes"]
@@ -616,12 +612,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--warmup and --grad-clip must be >= 0, every --batch-size >= 2, --peak-seconds > 0")
     if args.threads is not None and args.threads < 1:
         parser.error("--threads must be >= 1")
-    args.data = args.data or shared_data_dir()
-    for sub in ("xtd10", "multi30k"):
-        if not (args.data / sub).is_dir():
-            parser.error(f"--data: {args.data / sub} is not a folder; point --data (or MCLIP_HBT_DATA) at the folder "
-                         "holding xtd10/ and multi30k/")
-    args.out = args.out or REPO_ROOT / "bench" / "results" / f"train_step_{args.device}.json"
+    args.data = benchmark_data(parser, args.data, ("xtd10", "multi30k"))
+    args.out = result_path(args.out, "train_step", args.device)
     return args
 
 
