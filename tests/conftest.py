@@ -5,9 +5,11 @@ import gzip
 import os
 import socket
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import torch
 
 from mclip_hbt.paths import REPO_ROOT, shared_data_dir
 
@@ -24,6 +26,18 @@ def shared_data() -> Path:
         pytest.skip(f"real caption data not found at {root}: set MCLIP_HBT_DATA to the folder holding "
                     "xtd10/ and multi30k/ (the project's shared/data)")
     return root
+
+
+@contextmanager
+def one_thread():
+    """torch on one thread, as OMP_NUM_THREADS=1 gives a test's child process: results compared bit for bit with
+    a child's must come from the same kernels (a CPU's matmul can sum in another order on two threads)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def free_port() -> int:

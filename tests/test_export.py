@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import one_thread
 
 from mclip_hbt.export import OPEN_CLIP_CONFIG, TEXT_ENCODER_CARD, export_open_clip, export_transformers
 from mclip_hbt.export import main as export_main
@@ -53,7 +54,8 @@ def load_elsewhere(kind: str, folder: Path, pixels: torch.Tensor, tmp_path: Path
 
 
 def ours(model, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    with torch.no_grad():
+    """Our embeddings, on one thread as ``load_elsewhere``'s process computes its own."""
+    with torch.no_grad(), one_thread():
         tokens = model.tokenize([c.strip() for c in CAPTIONS])  # open_clip's tokenizer strips the edges too
         return model.encode_text(tokens), model.encode_image(pixels)
 

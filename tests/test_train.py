@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 from accelerate.state import AcceleratorState
-from conftest import free_port
+from conftest import free_port, one_thread
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -85,17 +85,6 @@ def _own_accelerate_state():
         AcceleratorState._reset_state(reset_partial_state=True)
 
 
-@contextmanager
-def _one_thread():
-    """torch on one thread, as ``_env()``'s OMP_NUM_THREADS=1 gives a process."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 class RunTimedOut(Exception):
     """An in-process run went past its time limit (what ``subprocess.run(timeout=...)`` is to ``_train``)."""
 
@@ -136,7 +125,7 @@ def _train_in_process(args: list[str], timeout: int = 240) -> subprocess.Complet
             root.addHandler(handler)
             root.setLevel(logging.INFO)
             signal.setitimer(signal.ITIMER_REAL, timeout)  # not inherited by forked workers
-            with redirect_stderr(err), _one_thread(), _own_accelerate_state():
+            with redirect_stderr(err), one_thread(), _own_accelerate_state():
                 try:
                     cli_main(["--config", TINY, "--report-to", "none", *args])
                 except SystemExit as exit_info:
@@ -202,7 +191,7 @@ def test_two_process_step_equals_one_process_step(tmp_path):
     script = str(REPO_ROOT / "tests" / "scripts" / "one_train_step.py")
     # The one-process side needs no process of its own: the script run in this process (one thread, as
     # under _env()); the two-process side is two real gloo processes.
-    with torch.random.fork_rng(), _argv([script, str(tmp_path / "one.pt")]), _one_thread(), _own_accelerate_state():
+    with torch.random.fork_rng(), _argv([script, str(tmp_path / "one.pt")]), one_thread(), _own_accelerate_state():
         runpy.run_path(script, run_name="__main__")
     double = subprocess.run(accelerate_2cpu() + [script, str(tmp_path / "two.pt")], env=_env(),
                             capture_output=True, text=True, timeout=240)
