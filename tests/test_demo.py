@@ -84,10 +84,16 @@ def test_a_sweep_with_parallel_jobs_trains_then_evaluates_every_run(demo_module,
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("OMP_NUM_THREADS", "unset by the test")  # restored after the test
     calls, lock = [], threading.Lock()
+    # The first two trainings wait for each other: they must run at once (--jobs 2), and neither worker can
+    # finish its run and take a third before the other has taken the second.
+    both_training = threading.Barrier(2, timeout=60)
 
     def recorded_stage(cmd, log=None):
         with lock:
             calls.append((cmd, log))
+            trainings = sum(c[1].endswith("train.py") for c, _ in calls)
+        if cmd[1].endswith("train.py") and trainings <= 2:
+            both_training.wait()
         if cmd[1].endswith("train.py"):
             run_dir = Path(cmd[cmd.index("--output-dir") + 1])
             if run_dir.name == "alpha1_seed1":
