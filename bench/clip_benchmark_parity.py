@@ -30,9 +30,11 @@ from pathlib import Path
 
 from open_clip.tokenizer import basic_clean, whitespace_clean
 
+from data_recipes.worlds import write_xtd_caption_files
 from eval.benchmark_data import available_xtd_languages, find_images, load_xtd_split
 from mclip_hbt.fileio import write_json_atomic
 from mclip_hbt.languages import parse_lang_list
+from mclip_hbt.model import CONFIG_NAME, create_model
 from mclip_hbt.runtime import now_iso, package_versions
 
 METRICS = [f"{side}_retrieval_recall@{k}" for side in ("image", "text") for k in (1, 5, 10)]
@@ -72,13 +74,15 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
-        run([sys.executable, "-m", "mclip_hbt.export", "open_clip", args.model, str(work / "export")])
+        model = saved_model_folder(args.model, work)
+        run([sys.executable, "-m", "mclip_hbt.export", "open_clip", model, str(work / "export")])
         cleaned_captions = {lang: [open_clip_clean(c) for c in split.aligned[lang]] for lang in langs}
         changed = {lang: sum(a != b for a, b in zip(split.aligned[lang], cleaned_captions[lang])) for lang in langs}
         cleaned = work / "cleaned"
-        write_xtd_split(cleaned, split.image_names, cleaned_captions)
+        cleaned.mkdir()
+        write_xtd_caption_files(cleaned, split.image_names, cleaned_captions)
         for variant, captions in (("raw", args.split), ("open_clip_cleaned", cleaned)):
-            ours, theirs = both_tools(args, work / variant, captions, images, paths, langs)
+            ours, theirs = both_tools(args, model, work / variant, captions, images, paths, langs)
             results[variant] = {"ours": ours, "clip_benchmark": theirs,
                                 **print_comparison(variant, langs, ours, theirs)}
     print(f"captions open_clip's cleaning changes: {changed}")
@@ -95,14 +99,17 @@ def open_clip_clean(text: str) -> str:
     return whitespace_clean(basic_clean(text))
 
 
-def write_xtd_split(folder: Path, image_names: list[str], captions: dict[str, list[str]]) -> None:
-    folder.mkdir(parents=True)
-    (folder / "test_image_names.txt").write_text("\n".join(image_names) + "\n")
-    for lang, lines in captions.items():
-        (folder / f"test_1kcaptions_{lang}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+def saved_model_folder(model: str, work: Path) -> str:
+    """``model`` if it is a saved model folder; a preset is built once and saved, so that both tools score the
+    same weights (a preset's random towers would be drawn anew by each)."""
+    if (Path(model) / CONFIG_NAME).is_file():
+        return model
+    folder = work / "model"
+    create_model(model).save_pretrained(folder)
+    return str(folder)
 
 
-def both_tools(args, work: Path, captions: Path, images: Path, paths: list[Path], langs: list[str]):
+def both_tools(args, model: str, work: Path, captions: Path, images: Path, paths: list[Path], langs: list[str]):
     """CLIP_benchmark's CLI on the export and eval.xtd on the model, the captions under ``captions``."""
     work.mkdir()
     split = load_xtd_split(captions, langs)
@@ -115,7 +122,7 @@ def both_tools(args, work: Path, captions: Path, images: Path, paths: list[Path]
          "--model", f"local-dir:{export}", "--pretrained", "export", "--recall_k", "1", "5", "10",
          "--batch_size", str(args.batch_size), "--num_workers", "0", "--no_amp",
          "--output", str(work / "clip_benchmark_{language}.json")])
-    run([sys.executable, "-m", "eval.xtd", "--model", args.model, "--images", str(images),
+    run([sys.executable, "-m", "eval.xtd", "--model", model, "--images", str(images),
          "--captions", str(captions), "--lang", ",".join(langs), "--pool-lang", langs[0], "--no-progress",
          "--batch-size", str(args.batch_size), "--image-batch-size", str(args.batch_size), "--num-workers", "0",
          "--out", str(work / "ours.json")])

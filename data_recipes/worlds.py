@@ -11,7 +11,7 @@ import argparse
 import shutil
 import sys
 from collections import Counter
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -158,10 +158,15 @@ def write_xtd_split(test_dir: Path, samples: Iterable[tuple[str, bytes, dict[str
         names.append(name)
         for lang in langs:
             lines[lang].append(captions[lang])
-    for lang, texts in lines.items():
-        (test_dir / f"test_1kcaptions_{lang}.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
-    (test_dir / "test_image_names.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
+    write_xtd_caption_files(test_dir, names, lines)
     return names
+
+
+def write_xtd_caption_files(test_dir: Path, image_names: Sequence[str], captions: Mapping[str, Sequence[str]]) -> None:
+    """The text files of an XTD-layout split: the image names and, per language, one caption per image, line-aligned."""
+    for lang, texts in captions.items():
+        (test_dir / f"test_1kcaptions_{lang}.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    (test_dir / "test_image_names.txt").write_text("\n".join(image_names) + "\n", encoding="utf-8")
 
 
 def distinct_fraction(items: Sequence[Hashable]) -> float:
