@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from bench.data_pipeline import textured_jpeg
 from bench.options import add_device_option, benchmark_data, resolve_device, result_path
-from bench.train_step import counted_flops, device_name, matmul_peak
+from bench.train_step import counted_flops, device_name, matmul_peak, sync
 from eval import xtd
 from eval.benchmark_data import load_xtd_split
 from eval.models import RetrievalModel, load_retrieval_model
@@ -70,12 +70,10 @@ def placeholder_images(work_dir: Path, names: list[str]) -> Path:
 
 
 def timed(fn: Callable[[], object], device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     start = time.perf_counter()
     fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     return time.perf_counter() - start
 
 

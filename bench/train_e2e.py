@@ -31,7 +31,6 @@ Ratios are of the median over the rounds.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -54,7 +53,7 @@ from mclip_hbt.languages import XTD_LANGS
 from mclip_hbt.paths import REPO_ROOT
 from mclip_hbt.runtime import machine_info, now_iso, package_versions
 from mclip_hbt.train_config import TrainConfig, parse_config
-from mclip_hbt.trainer import build_model
+from mclip_hbt.trainer import STEP_LOG, build_model, read_step_log
 
 PRESETS = ("xlmr-base-vit-b32", "e5-small-vit-b32", "tiny")
 RECIPE = REPO_ROOT / "configs" / "xlmr-base-vit-b32-lit.yaml"
@@ -75,7 +74,7 @@ def xtd_captions(data_dir: Path):
 
 def initial_model(preset: str, seed: int, tmp: Path) -> tuple[Path, Path]:
     """The preset with its starting weights, saved as our model folder and as open_clip's local-dir export."""
-    config = TrainConfig(model=preset, model_overrides=our_overrides(preset, tmp) if preset != "tiny" else None)
+    config = TrainConfig(model=preset, model_overrides=our_overrides(preset, tmp))
     torch.manual_seed(seed)
     model = build_model(config).eval()
     ours, theirs = tmp / "init-model", tmp / "init-open_clip"
@@ -112,7 +111,7 @@ def run_ours(args, model: Path, shards: str, out: Path, env: dict, log: Path) ->
            "--lock-image" if args.mode == "lit" else "--no-lock-image", "--seed", str(args.seed),
            "--output-dir", str(out)]
     wall = run_process(cmd, env, log, args.timeout)
-    records = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    records = list(read_step_log(out / STEP_LOG))
     ends = [r["time_s"] for r in records]  # each step's time: from the end of the one before
     step_s = [b - a for a, b in zip(ends[args.warmup - 1:], ends[args.warmup:])]
     return {**steady(step_s, [r["data_s"] for r in records[args.warmup:]], args.batch_size),
@@ -135,7 +134,7 @@ def run_openclip(args, export: Path, shards: str, out: Path, env: dict, log: Pat
     # end of the step before
     steps = [(float(data), float(batch)) for data, batch in OPENCLIP_STEP.findall((out / "out.log").read_text())]
     if len(steps) != args.steps:
-        raise SystemExit(f"open_clip logged {len(steps)} steps, expected {args.steps}: see {out / 'out.log'}")
+        raise SystemExit(f"open_clip logged {len(steps)} steps, expected {args.steps}: see {log}")
     timed = steps[args.warmup:]
     return {**steady([b for _, b in timed], [d for d, _ in timed], args.batch_size), "wall_s": round(wall, 1)}
 
