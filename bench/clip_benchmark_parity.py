@@ -31,8 +31,9 @@ from pathlib import Path
 from open_clip.tokenizer import basic_clean, whitespace_clean
 
 from data_recipes.worlds import write_xtd_caption_files
-from eval.benchmark_data import available_xtd_languages, find_images, load_xtd_split
+from eval.benchmark_data import BenchmarkDataError, available_xtd_languages, find_images, load_xtd_split
 from mclip_hbt.fileio import write_json_atomic
+from mclip_hbt.hub import ModelUnavailableError
 from mclip_hbt.languages import parse_lang_list
 from mclip_hbt.model import CONFIG_NAME, create_model
 from mclip_hbt.runtime import now_iso, package_versions
@@ -47,7 +48,9 @@ CLIP_BENCHMARK_XTD10 = {"de": "de", "en": "en", "es": "es", "fr": "fr", "it": "i
 
 def run(cmd: list[str]) -> None:
     print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+    returncode = subprocess.run(cmd).returncode
+    if returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[1:4])} failed (exit {returncode}); its output is above")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,18 +66,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="write both tools' recalls here (JSON)")
     args = parser.parse_args(argv)
 
-    wanted = None if args.lang == "all" else set(parse_lang_list(args.lang))
-    langs = [lang for lang in available_xtd_languages(args.split)
-             if lang in CLIP_BENCHMARK_XTD10 and (wanted is None or lang in wanted)]
-    if not langs:
-        parser.error(f"--split: no caption file in a language of CLIP_benchmark's xtd10 under {args.split}")
-    split = load_xtd_split(args.split, langs)
-    images = args.images or args.split
-    paths = find_images(images, split.image_names)
+    try:
+        wanted = None if args.lang == "all" else set(parse_lang_list(args.lang))
+    except ValueError as err:
+        parser.error(f"--lang: {err}")
+    try:
+        langs = [lang for lang in available_xtd_languages(args.split)
+                 if lang in CLIP_BENCHMARK_XTD10 and (wanted is None or lang in wanted)]
+        if not langs:
+            parser.error(f"--split: no caption file in a language of CLIP_benchmark's xtd10 under {args.split}")
+        split = load_xtd_split(args.split, langs)
+        images = args.images or args.split
+        paths = find_images(images, split.image_names)
+    except BenchmarkDataError as err:
+        parser.error(f"--split/--images: {err}")
     results = {}
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
-        model = saved_model_folder(args.model, work)
+        try:
+            model = saved_model_folder(args.model, work)
+        except ModelUnavailableError as err:
+            parser.error(f"--model: {err}")
         run([sys.executable, "-m", "mclip_hbt.export", "open_clip", model, str(work / "export")])
         cleaned_captions = {lang: [open_clip_clean(c) for c in split.aligned[lang]] for lang in langs}
         changed = {lang: sum(a != b for a, b in zip(split.aligned[lang], cleaned_captions[lang])) for lang in langs}
