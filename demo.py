@@ -39,10 +39,10 @@ from pathlib import Path
 
 from data_recipes import emoji_world, synth_scenes
 from data_recipes.worlds import SettingsMismatch
-from eval.report import groups_from_world
-from mclip_hbt.bundled import BUNDLED_E5, bundled_model_path
-from mclip_hbt.hybrid import HybridConfig
+from eval.report_data import groups_from_world
+from mclip_hbt.data.hybrid import HybridConfig
 from mclip_hbt.languages import XTD_LANGS, parse_lang_list
+from mclip_hbt.offline.bundled_e5 import BUNDLED_E5, bundled_model_path
 from mclip_hbt.options import OptionError
 from mclip_hbt.paths import REPO_ROOT, shared_data_dir
 
@@ -66,8 +66,8 @@ WORLDS = {
 }
 #: What `demo.py run` scores beside every high-resource language (the accuracy bar is on them): the first
 #: five low-resource ones of the profile, and four unseen, two inside the encoder's pre-training (ha with
-#: 0.3 GiB of CC-100) and two outside it. 19 languages, so that a fresh clone's demo fits in 20 minutes on
-#: 2 cores: each language's 2,000 test captions take about 15 s to encode there.
+#: 0.3 GiB of CC-100) and two outside it. 19 languages, not all 104, so that a fresh clone's demo fits in
+#: 20 minutes on 2 cores: encoding each language's test captions is most of its evaluation (docs/results.md).
 DEMO_LOW = emoji_world.LOW_RESOURCE[:5]
 DEMO_UNSEEN = ("hi", "ha", "yo", "zu")
 
@@ -284,8 +284,8 @@ def sweep(args: argparse.Namespace, data_dir: Path) -> None:
         run_dir = out / f"alpha{alpha:g}_seed{seed}"
         log = run_dir / "sweep.log" if args.jobs > 1 else None
         model_dir = stage_train(run_dir, data_dir, WORLDS[world].config, alpha, seed, args.steps, log)
-        # The seen-concept split in every language; the unseen-concept one in the pooled languages (at 104
-        # languages each split's cross-lingual matrix costs about 3 of a run's 13 minutes on 2 cores).
+        # The seen-concept split in every language; the unseen-concept one in the pooled languages only: at
+        # 104 languages each split's cross-lingual matrix is a large part of a run (docs/results.md).
         evaluate_run(run_dir, model_dir, data_dir, world, langs, text_cache, real_xtd=False, pool=pool, log=log,
                      other_split_langs=pool)
 

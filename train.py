@@ -5,7 +5,7 @@
 
 `python train.py --help` documents every option.
 """
-from mclip_hbt.trainer import cli_main
+from mclip_hbt.train.loop import cli_main
 
 if __name__ == "__main__":
     cli_main()

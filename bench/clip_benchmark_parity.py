@@ -10,11 +10,10 @@ largest difference. A check that the export and our metrics agree with the field
 It does so twice: on the captions as they are, and on the captions as open_clip's tokenizer cleans them
 (``HFTokenizer`` runs ``ftfy.fix_text`` on every text, which, e.g., straightens typographic quotes “ ” ’ and so
 changes token ids; CLIP_benchmark cannot turn that off, our tokenizer does not do it). CLIP_benchmark runs
-with ``--no_amp``: by default it autocasts, on a CPU to bfloat16, where ``eval.xtd`` computes in float32 (on the
-emoji world's seen-concept split its default changed up to 0.9 points on raw captions, against 0.7 with
-``--no_amp``). On cleaned captions both
-tools see the same text, so any difference left is the export's or the metrics'; the difference on the raw
-captions is what open_clip's cleaning alone changes.
+with ``--no_amp``: by default it autocasts, on a CPU to bfloat16, where ``eval.xtd`` computes in float32 (what
+that changes on a measured split: docs/results.md). On cleaned captions both tools see the same text, so any
+difference left is the export's or the metrics'; the difference on the raw captions is what open_clip's
+cleaning alone changes.
 
     HF_HUB_OFFLINE=1 python -m bench.clip_benchmark_parity --model runs/demo/model \\
         --split runs/data/emoji/test_seen --out bench/results/clip_benchmark_parity.json
@@ -33,9 +32,9 @@ from open_clip.tokenizer import basic_clean, whitespace_clean
 from data_recipes.worlds import write_xtd_caption_files
 from eval.benchmark_data import BenchmarkDataError, available_xtd_languages, find_images, load_xtd_split
 from mclip_hbt.fileio import write_json_atomic
-from mclip_hbt.hub import ModelUnavailableError
 from mclip_hbt.languages import parse_lang_list
-from mclip_hbt.model import CONFIG_NAME, create_model
+from mclip_hbt.model.clip import CONFIG_NAME, create_model
+from mclip_hbt.offline.hub import ModelUnavailableError
 from mclip_hbt.runtime import now_iso, package_versions
 
 METRICS = [f"{side}_retrieval_recall@{k}" for side in ("image", "text") for k in (1, 5, 10)]

@@ -12,63 +12,23 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import io
 import json
-import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, features
+from PIL import features
 from tqdm import tqdm
 
+from bench.common import build_shards, openclip_env, result_path, settings_for_json
 from mclip_hbt.paths import REPO_ROOT
 from mclip_hbt.runtime import machine_info
-from mclip_hbt.shards import CaptionShardWriter
-
-# open_clip_train.data also imports pandas (for CSV datasets), which our venv lacks; the rest of what
-# both need (numpy, dateutil, tzdata, braceexpand, pyyaml) comes from our venv, hence --no-deps
-OPENCLIP_ENV_PACKAGES = ("webdataset==0.2.86", "pandas>=2.2")
-WDS_DIR = REPO_ROOT / ".cache" / "wds0286"
-
-
-def textured_jpeg(rng: np.random.Generator, long_side: int) -> bytes:
-    """A photo-like JPEG: smooth colour fields plus fine noise, so it compresses like a real photo."""
-    short = int(long_side * rng.uniform(0.66, 1.0))
-    h, w = (short, long_side) if rng.random() < 0.7 else (long_side, short)
-    coarse = rng.integers(0, 256, (max(2, h // 32), max(2, w // 32), 3), dtype=np.uint8)
-    base = np.asarray(Image.fromarray(coarse).resize((w, h), Image.BICUBIC), dtype=np.int16)
-    pixels = np.clip(base + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, "JPEG", quality=90)
-    return buf.getvalue()
 
 
 def synthetic_captions(i: int) -> dict[str, list[str]]:
     return {"en": [f"a synthetic photo number {i}"], "de": [f"ein synthetisches Foto {i}"]}
-
-
-def build_shards(out_dir: Path, num_samples: int, shard_size: int, long_side: int,
-                 captions_of: Callable[[int], dict[str, list[str]]] = synthetic_captions,
-                 caption_source: str = "synthetic") -> str:
-    """Write (once) ``num_samples`` captioned JPEGs, sample i captioned ``captions_of(i)``; return the shard
-    pattern. ``caption_source`` names the captions in the marker that decides whether shards are reused."""
-    num_shards = -(-num_samples // shard_size)
-    pattern = f"{out_dir}/bench-{{000000..{num_shards - 1:06d}}}.tar"
-    marker = out_dir / "dataset.json"
-    profile = [num_samples, shard_size, long_side, caption_source]
-    if marker.exists() and json.loads(marker.read_text()).get("profile") == profile:
-        return pattern
-    rng = np.random.default_rng(0)
-    with CaptionShardWriter(out_dir, "bench", max_count=shard_size) as writer:
-        for i in tqdm(range(num_samples), desc="writing bench shards", unit="img"):
-            writer.write(f"s{i:07d}", textured_jpeg(rng, long_side), "jpg", captions=captions_of(i))
-        writer.close(extra={"profile": profile})
-    return pattern
 
 
 def timed(batches, count, warmup_batches: int) -> dict:
@@ -92,7 +52,7 @@ def timed(batches, count, warmup_batches: int) -> dict:
 def bench_ours(args) -> dict:
     import open_clip
 
-    from mclip_hbt.data import LoaderConfig, build_loader
+    from mclip_hbt.data.loader import LoaderConfig, build_loader
 
     transform = open_clip.image_transform(224, is_train=True)
     loader = build_loader(LoaderConfig(train_data=args.shards, chunk_size=args.batch_size, workers=args.workers,
@@ -117,16 +77,6 @@ def bench_openclip(args) -> dict:
     result = timed(data.dataloader, lambda batch: len(batch[0]), warmup_batches=args.workers)
     result["webdataset"] = webdataset.__version__
     return result
-
-
-def openclip_env(env: dict[str, str] | None = None) -> dict[str, str]:
-    """``env`` (default: this process's) with webdataset 0.2.86 first on ``PYTHONPATH``, installed into
-    ``.cache/wds0286`` the first time: the environment open_clip_train 3.3 runs in."""
-    if not all((WDS_DIR / name).exists() for name in ("webdataset", "pandas")):
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--upgrade", "--target",
-                        str(WDS_DIR), *OPENCLIP_ENV_PACKAGES], check=True)
-    env = dict(os.environ if env is None else env)
-    return {**env, "PYTHONPATH": os.pathsep.join([str(WDS_DIR), str(REPO_ROOT)])}
 
 
 def run_openclip_side(args) -> dict:
@@ -162,8 +112,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="our reduced-size JPEG decoding target (the model input size); 0 turns it off")
     parser.add_argument("--no-resampled", dest="resampled", action="store_false",
                         help="read each sample once per epoch instead of resampling shards (both sides)")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "data_pipeline_cpu.json",
-                        help="result JSON")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="result JSON (default: bench/results/data_pipeline_cpu.json)")
     parser.add_argument("--openclip-only", action="store_true",
                         help="internal: run only open_clip's side (in the webdataset 0.2.86 environment)")
     args = parser.parse_args(argv)
@@ -174,6 +124,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--workers must be >= 1 (both pipelines are measured with worker processes)")
     if args.draft_size < 0:
         parser.error("--draft-size must be >= 0")
+    args.out = result_path(args.out, "data_pipeline", "cpu")
     return args
 
 
@@ -183,7 +134,8 @@ def main(argv=None) -> None:
         args.out.write_text(json.dumps(bench_openclip(args)))
         return
     if args.shards is None:
-        args.shards = build_shards(args.data_dir, args.num_samples, args.shard_size, args.image_size)
+        args.shards = build_shards(args.data_dir, args.num_samples, args.shard_size, args.image_size,
+                                   synthetic_captions, "synthetic")
     ours = bench_ours(args)
     theirs = run_openclip_side(args)
     if args.num_samples < 2 * args.workers * args.batch_size:
@@ -191,8 +143,7 @@ def main(argv=None) -> None:
     ratio = ours["samples_per_s"] / theirs["samples_per_s"]
     report = {"benchmark": "data_pipeline", "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
               "machine": pipeline_machine_info(),
-              "settings": {k: str(v) if isinstance(v, Path) else v
-                           for k, v in vars(args).items() if k != "openclip_only"},
+              "settings": settings_for_json(args, "openclip_only"),
               "ours": ours, "open_clip": theirs, "ratio_ours_over_open_clip": round(ratio, 3)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -13,45 +13,25 @@ of fp32 on every language (CPUs without native bf16 run it far slower than fp32)
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
+from bench.common import PEAK_MATMUL_SIZE, PRECISIONS, autocast_for, counted_flops, matmul_peak_gflops, result_path
 from eval.benchmark_data import load_xtd_split
-from mclip_hbt.bundled import BUNDLED_E5, E5_QUERY_PREFIX
-from mclip_hbt.encoding import encode_in_length_order
 from mclip_hbt.fileio import write_json_atomic
 from mclip_hbt.languages import XTD_LANGS
-from mclip_hbt.paths import REPO_ROOT, shared_data_dir
+from mclip_hbt.model.encoding import encode_in_length_order
+from mclip_hbt.model.text_tower import TextTower
+from mclip_hbt.offline.bundled_e5 import BUNDLED_E5, E5_QUERY_PREFIX
+from mclip_hbt.paths import shared_data_dir
 from mclip_hbt.runtime import machine_info, now_iso, package_versions
-from mclip_hbt.text_tower import TextTower
 
-PRECISIONS = ("fp32", "bf16")
-
-
-def autocast_for(precision: str):
-    if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def matmul_peak_gflops(precision: str, size: int, seconds: float) -> float:
-    """Best GFLOP/s of an n×n @ n×n matmul over repeated timed rounds (2·n³ FLOPs each)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    best = 0.0
-    with torch.inference_mode(), autocast_for(precision):
-        torch.mm(a, b)  # warm-up: thread pool, packing buffers
-        deadline = time.perf_counter() + seconds
-        while time.perf_counter() < deadline:
-            start = time.perf_counter()
-            torch.mm(a, b)
-            best = max(best, 2 * size ** 3 / (time.perf_counter() - start) / 1e9)
-    return best
+#: This benchmark measures the CPU (the machine's matmul peak and the encoder on it).
+CPU = torch.device("cpu")
 
 
 def encoder_flops(config, batch: int, length: int) -> tuple[int, int]:
@@ -60,13 +40,6 @@ def encoder_flops(config, batch: int, length: int) -> tuple[int, int]:
     linear = 2 * batch * length * (4 * h * h + 2 * h * ff)
     attention = 2 * 2 * batch * length * length * h
     return layers * linear, layers * attention
-
-
-def counted_flops(tower: TextTower, tokens: dict[str, torch.Tensor]) -> int:
-    counter = FlopCounterMode(display=False)
-    with torch.inference_mode(), counter:
-        tower(tokens)
-    return counter.get_total_flops()
 
 
 def timed_encode(tower: TextTower, texts: Sequence[str], precision: str, batch_size: int, progress: bool) -> dict:
@@ -81,7 +54,7 @@ def timed_encode(tower: TextTower, texts: Sequence[str], precision: str, batch_s
 
     def encode(tokens: dict[str, torch.Tensor]) -> torch.Tensor:
         start = time.perf_counter()
-        with autocast_for(precision):
+        with autocast_for(CPU, precision):
             emb = tower(tokens).float()
         clock["model"] += time.perf_counter() - start
         n, length = tokens["input_ids"].shape
@@ -117,10 +90,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--probe-captions", type=int, default=64,
                         help="captions timed in each precision to decide whether bf16 is worth a full run")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    parser.add_argument("--matmul-size", type=int, default=1536, help="n of the n×n matmul used for the peak")
+    parser.add_argument("--matmul-size", type=int, default=PEAK_MATMUL_SIZE["cpu"],
+                        help="n of the n×n matmul used for the peak")
     parser.add_argument("--peak-seconds", type=float, default=5.0, help="seconds spent timing each matmul peak")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "encode_text_cpu.json",
-                        help="result JSON file")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="result JSON file (default: bench/results/encode_text_cpu.json)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args(argv)
     args.data = args.data or shared_data_dir() / "xtd10"
@@ -131,6 +105,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.peak_seconds <= 0 or args.bf16_tolerance < 0:
         parser.error("--peak-seconds must be > 0 and --bf16-tolerance >= 0")
+    args.out = result_path(args.out, "encode_text", "cpu")
     return args
 
 
@@ -147,7 +122,9 @@ def main(argv: list[str] | None = None) -> None:
     lengths = tower.tokenize(texts)["attention_mask"].sum(dim=1)
     probe = dict(tower.tokenize([texts[i] for i in lengths.argsort(descending=True)[:args.batch_size]]))
     linear, attention = encoder_flops(tower.transformer.config, *probe["input_ids"].shape)
-    flop_check = {"batch_shape": list(probe["input_ids"].shape), "flop_counter": counted_flops(tower, probe),
+    with torch.inference_mode():
+        flop_counter = counted_flops(lambda: tower(probe))
+    flop_check = {"batch_shape": list(probe["input_ids"].shape), "flop_counter": flop_counter,
                   "analytic_linear": linear, "analytic_attention": attention}
     print(f"FLOP check on a {flop_check['batch_shape']} batch: FlopCounterMode {flop_check['flop_counter']:,}, "
           f"analytic linear {linear:,} + attention {attention:,}")
@@ -167,9 +144,9 @@ def main(argv: list[str] | None = None) -> None:
     runs = {}
     for precision in precisions:
         # Other processes may share the CPU: time the peak before and after the run and keep the best.
-        peak_before = matmul_peak_gflops(precision, args.matmul_size, args.peak_seconds)
+        peak_before = matmul_peak_gflops(CPU, precision, args.matmul_size, args.peak_seconds)
         run = timed_encode(tower, texts, precision, args.batch_size, not args.no_progress)
-        peak_after = matmul_peak_gflops(precision, args.matmul_size, args.peak_seconds)
+        peak_after = matmul_peak_gflops(CPU, precision, args.matmul_size, args.peak_seconds)
         peak = max(peak_before, peak_after)
         run["matmul_peak_before_after_gflops"] = [round(peak_before, 1), round(peak_after, 1)]
         run["recall@1_to_en"] = recall_to_english(run.pop("embeddings"), XTD_LANGS)
@@ -181,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{precision}: {run['captions_per_s']} captions/s end to end ({run['tokenize']:.1f} s tokenizing, "
               f"{run['model']:.1f} s in the model), {run['model_gflops']} GFLOP/s vs matmul peak {peak:.1f} "
               f"= {run['fraction_of_peak']:.0%}; R@1 {run['recall@1_to_en']}")
-    skipped = {p: round(matmul_peak_gflops(p, args.matmul_size, args.peak_seconds), 1)
+    skipped = {p: round(matmul_peak_gflops(CPU, p, args.matmul_size, args.peak_seconds), 1)
                for p in probe_seconds if p not in runs}
     if skipped:
         print(f"not run in full (slower than fp32 on the probe); their matmul peaks, GFLOP/s: {skipped}")

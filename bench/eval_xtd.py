@@ -16,7 +16,7 @@ In one process, on one device:
 
 The model is the ``e5-small-vit-b32`` preset (the bundled multilingual-e5-small, ViT-B/32 at 224 px with
 random weights: there is no hub here, and the weights do not change the speed), saved once under
-``--work-dir``; the images are photo-like 640×480 JPEGs (``bench.data_pipeline``'s) named as XTD10's.
+``--work-dir``; the images are photo-like 640×480 JPEGs (``bench.common.textured_jpeg``) named as XTD10's.
 
     OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 python -m bench.eval_xtd
 """
@@ -33,23 +33,32 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from bench.data_pipeline import textured_jpeg
-from bench.options import add_device_option, benchmark_data, resolve_device, result_path
-from bench.train_step import counted_flops, device_name, matmul_peak, sync
+from bench.common import (
+    OPENCLIP_CONTEXT,
+    PEAK_MATMUL_SIZE,
+    add_device_option,
+    benchmark_data,
+    counted_flops,
+    device_name,
+    matmul_peak_gflops,
+    resolve_device,
+    result_path,
+    settings_for_json,
+    sync,
+    textured_jpeg,
+)
 from eval import xtd
 from eval.benchmark_data import load_xtd_split
 from eval.models import RetrievalModel, load_retrieval_model
 from mclip_hbt.fileio import write_json_atomic
 from mclip_hbt.languages import XTD_LANGS
-from mclip_hbt.model import create_model
+from mclip_hbt.model.clip import create_model
 from mclip_hbt.paths import REPO_ROOT
 from mclip_hbt.runtime import machine_info, now_iso, package_versions
 
 PRESET = "e5-small-vit-b32"
-#: What open_clip's HFTokenizer pads every caption to, as CLIP_benchmark calls it.
-OPENCLIP_CONTEXT = 77
-DEVICE_DEFAULTS = {"cpu": dict(text_batch=256, image_batch=64, workers=2, matmul_size=1536),
-                   "cuda": dict(text_batch=1024, image_batch=256, workers=8, matmul_size=8192)}
+DEVICE_DEFAULTS = {"cpu": dict(text_batch=256, image_batch=64, workers=2, matmul_size=PEAK_MATMUL_SIZE["cpu"]),
+                   "cuda": dict(text_batch=1024, image_batch=256, workers=8, matmul_size=PEAK_MATMUL_SIZE["cuda"])}
 
 
 def saved_model(work_dir: Path) -> Path:
@@ -154,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     model_dir = saved_model(args.work_dir)
     images = placeholder_images(args.work_dir, split.image_names)
     paths = [images / name for name in split.image_names]
-    peak_before = matmul_peak(device, precision, args.matmul_size, args.peak_seconds)
+    peak_before = matmul_peak_gflops(device, precision, args.matmul_size, args.peak_seconds)
 
     print("eval.xtd --lang all, end to end ...", flush=True)
     end_to_end = timed(lambda: xtd.main(["--lang", "all", "--model", str(model_dir), "--images", str(images),
@@ -172,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
                                                  progress=False), device) for _ in range(args.repeats)]
     text_flops, token_counts = useful_text_flops(model, captions)
     img_flops = image_flops(model, len(paths))
-    peak = max(peak_before, matmul_peak(device, precision, args.matmul_size, args.peak_seconds))
+    peak = max(peak_before, matmul_peak_gflops(device, precision, args.matmul_size, args.peak_seconds))
 
     def side(seconds: list[float], count: int, flops: int, unit: str) -> dict:
         best = min(seconds)
@@ -183,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     report = {"benchmark": "eval_xtd", "device": args.device, "device_name": device_name(device),
               "precision": precision, "date": now_iso(), "versions": package_versions(), "machine": info,
               "command": " ".join(sys.argv), "model": PRESET + " (vision tower random)",
-              "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+              "settings": settings_for_json(args),
               "matmul_peak_gflops": round(peak, 1), "captions": len(captions), **token_counts,
               "images": len(paths), "eval_xtd_end_to_end_s": round(end_to_end, 1),
               "text": {"ours": side(ours, len(captions), text_flops, "captions"),

@@ -9,12 +9,12 @@ initial weights, with the same optimiser settings and precision:
 - open_clip: ``python -m open_clip_train.main`` (``get_wds_dataset``, its loader workers decoding,
   transforming and tokenising to 77 tokens, ``train_one_epoch``), on ``--model local-dir:`` an
   ``mclip_hbt.export open_clip`` of the same initial model, with ``--lock-image`` for LiT. open_clip 3.3's
-  trainer needs webdataset <= 0.2.86, so it runs with ``bench.data_pipeline``'s webdataset 0.2.86 overlay.
+  trainer needs webdataset <= 0.2.86, so it runs with ``bench.common.openclip_env``'s webdataset 0.2.86 overlay.
 
 The initial model is the preset built once (``xlmr-base-vit-b32``: xlm-roberta-base's architecture from a
 local config with random weights and the ViT-B/32 random — there is no hub here; ``e5-small-vit-b32``: the
 bundled multilingual-e5-small), saved, and given to both trainers. The shards: ``--num-samples``
-photo-like JPEGs (``bench.data_pipeline``'s, ``--image-long-side`` px) each captioned with one real XTD10
+photo-like JPEGs (``bench.common.textured_jpeg``, ``--image-long-side`` px) each captioned with one real XTD10
 caption row in its 11 languages, the English one also as ``KEY.txt`` (what open_clip reads; its cost does not
 depend on the caption, every caption is padded to 77 tokens). Our trainer picks a language per caption.
 
@@ -43,19 +43,30 @@ from pathlib import Path
 
 import torch
 
-from bench.data_pipeline import build_shards, openclip_env
-from bench.options import add_device_option, benchmark_data, resolve_device, result_path
-from bench.train_step import device_name, our_overrides
+from bench.common import (
+    PRECISIONS,
+    PRESETS,
+    QUICK_CHECK_PRESETS,
+    add_device_option,
+    benchmark_data,
+    build_shards,
+    device_name,
+    openclip_env,
+    our_overrides,
+    resolve_device,
+    result_path,
+    settings_for_json,
+)
 from eval.benchmark_data import load_xtd_split
-from mclip_hbt.export import export_open_clip
 from mclip_hbt.fileio import write_json_atomic
 from mclip_hbt.languages import XTD_LANGS
+from mclip_hbt.model.export import export_open_clip
 from mclip_hbt.paths import REPO_ROOT
 from mclip_hbt.runtime import machine_info, now_iso, package_versions
-from mclip_hbt.train_config import TrainConfig, parse_config
-from mclip_hbt.trainer import STEP_LOG, build_model, read_step_log
+from mclip_hbt.train.config import TrainConfig, parse_config
+from mclip_hbt.train.loop import build_model
+from mclip_hbt.train.step_log import STEP_LOG, read_step_log
 
-PRESETS = ("xlmr-base-vit-b32", "e5-small-vit-b32", "tiny")
 RECIPE = REPO_ROOT / "configs" / "xlmr-base-vit-b32-lit.yaml"
 #: Defaults that depend on the device: batch, steps per run (warm-up included), warm-up steps, loader workers.
 DEVICE_DEFAULTS = {"cpu": dict(batch_size=32, steps=10, warmup=2, workers=1, precision="fp32"),
@@ -143,7 +154,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.train_e2e", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_device_option(parser)
-    parser.add_argument("--preset", choices=PRESETS, default="xlmr-base-vit-b32",
+    parser.add_argument("--preset", choices=PRESETS + QUICK_CHECK_PRESETS, default="xlmr-base-vit-b32",
                         help="the model both trainers train (tiny: a quick check of the script)")
     parser.add_argument("--mode", choices=("lit", "full"), default="lit",
                         help="lit: image tower locked on both sides; full: everything trains")
@@ -152,7 +163,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, help="first steps of each run left out of the rate (default: 2 CPU, "
                                                    "10 CUDA; at least 1)")
     parser.add_argument("--workers", type=int, help="loader worker processes on each side (default: 1 CPU, 8 CUDA)")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+    parser.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",
                         help="auto: fp32 on CPU, bf16 autocast on CUDA (open_clip's amp_bf16)")
     parser.add_argument("--rounds", type=int, default=2, help="runs of each side, alternating")
     parser.add_argument("--num-samples", type=int,
@@ -213,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     report = {"benchmark": "train_e2e", "device": args.device,
               "device_name": device_name(torch.device(args.device)), "precision": args.precision, "date": now_iso(),
               "versions": package_versions(), "machine": info, "command": " ".join(sys.argv),
-              "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "recipe"},
+              "settings": settings_for_json(args, "recipe"),
               "recipe": {"config": str(RECIPE.relative_to(REPO_ROOT)), "lr": args.recipe.lr,
                          "weight_decay": args.recipe.weight_decay, "alpha": args.recipe.hybrid.alpha},
               "runs": runs, "median": median,

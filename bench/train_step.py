@@ -8,7 +8,7 @@ our weights into it (a strict ``load_state_dict``), checks that both give the sa
 (fp32, eval mode: no dropout, and masked padding cannot change a mean-pooled feature), then times the
 training step in alternating rounds so that other load on the machine hits both sides alike:
 
-- ours: ``mclip_hbt.trainer.train_step`` as the trainer runs it — tokenizing inside the step (padded to the
+- ours: ``mclip_hbt.train.loop.train_step`` as the trainer runs it — tokenizing inside the step (padded to the
   batch's longest caption), ``accelerate`` autocast, ``ContrastiveLoss(kind="clip")``, gradient clipping,
   ``build_optimizer``'s AdamW (fused on CUDA), the logit-scale clamp;
 - open_clip: ``open_clip_train.train.train_one_epoch``'s step — captions tokenized beforehand by
@@ -52,10 +52,7 @@ What each row reports:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
-import json
-import math
 import os
 import random
 import statistics
@@ -69,88 +66,56 @@ import open_clip
 import torch
 from accelerate import Accelerator
 from open_clip.loss import ClipLoss
-from torch.profiler import ProfilerActivity, profile
-from torch.utils.flop_counter import FlopCounterMode
-from tqdm import tqdm
-from transformers import AutoTokenizer, XLMRobertaConfig
 
-from bench.encode_text import matmul_peak_gflops
-from bench.options import add_device_option, benchmark_data, resolve_device, result_path
+from bench.common import (
+    OPENCLIP_CONTEXT,
+    PEAK_MATMUL_SIZE,
+    PRECISIONS,
+    PRESETS,
+    QUICK_CHECK_PRESETS,
+    add_device_option,
+    autocast_for,
+    benchmark_data,
+    counted_flops,
+    device_name,
+    matmul_peak_gflops,
+    our_overrides,
+    resolve_device,
+    result_path,
+)
+from bench.train_step_sides import (
+    FP32_LOSS_ATOL,
+    build_openclip,
+    hf_folder_for,
+    median_ms,
+    openclip_optimizer,
+    openclip_step,
+    our_step,
+    profile_step,
+    register_openclip_config,
+    same_loss_check,
+    step_memory,
+    text_step_flops,
+    time_rounds,
+    trainable,
+    unpadded_text_flops,
+)
 from eval.benchmark_data import MULTI30K_LANGS, load_multi30k_test2016, load_xtd_split
-from mclip_hbt.bundled import bundled_model_path, resolve_model_name
-from mclip_hbt.export import open_clip_config, open_clip_state_dict
 from mclip_hbt.fileio import write_json_atomic
 from mclip_hbt.languages import XTD_LANGS
-from mclip_hbt.loss import ContrastiveLoss
-from mclip_hbt.model import MultilingualCLIP
+from mclip_hbt.model.loss import ContrastiveLoss
 from mclip_hbt.runtime import machine_info, now_iso, package_versions
-from mclip_hbt.train_config import TrainConfig
-from mclip_hbt.trainer import TrainingState, build_model, build_optimizer, train_step
+from mclip_hbt.train.config import TrainConfig
+from mclip_hbt.train.loop import build_model, build_optimizer
 
-PRESETS = ("xlmr-base-vit-b32", "e5-small-vit-b32")
-#: Accepted too: the unit-test preset, for a quick run of this script on a busy CPU.
-EXTRA_PRESETS = ("tiny",)
 MODES = ("full", "lit")
-PRECISIONS = ("fp32", "bf16")
-#: open_clip's HFTokenizer pads every caption to its context length; 77 is its default and CLIP's.
-OPENCLIP_CONTEXT = 77
-#: xlm-roberta-base's architecture (its hub config.json), so no hub is needed for a random-init encoder.
-XLMR_BASE_CONFIG = dict(vocab_size=250002, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                        intermediate_size=3072, max_position_embeddings=514, type_vocab_size=1,
-                        layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2)
-#: fp32 losses of the two sides must agree this closely (same weights, same tokens, eval mode).
-FP32_LOSS_ATOL = 1e-4
 #: Slowest / fastest round of one side above which a row is flagged as measured on a busy machine.
 NOISY_SPREAD = 1.5
 #: Defaults that depend on the device: batches, rounds, steps per round, warm-up steps.
 DEVICE_DEFAULTS = {"cpu": dict(batch_sizes=[32], rounds=5, steps_per_round=1, warmup=1, precision="fp32",
-                               matmul_size=1536),
+                               matmul_size=PEAK_MATMUL_SIZE["cpu"]),
                    "cuda": dict(batch_sizes=[256, 512], rounds=10, steps_per_round=5, warmup=3, precision="bf16",
-                                matmul_size=8192)}
-Step = Callable[[], None]
-
-
-# ------------------------------------------------------------------------------ device helpers
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def autocast_for(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def cuda_matmul_peak_gflops(precision: str, size: int, seconds: float, device: torch.device) -> float:
-    """Best GFLOP/s of an n×n @ n×n CUDA matmul in ``precision`` (2·n³ FLOPs each), timed in bursts of 10."""
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    best = 0.0
-    with torch.inference_mode():
-        torch.mm(a, b)  # warm-up: cuBLAS handle, heuristics
-        sync(device)
-        deadline = time.perf_counter() + seconds
-        while time.perf_counter() < deadline:
-            start = time.perf_counter()
-            for _ in range(10):
-                torch.mm(a, b)
-            sync(device)
-            best = max(best, 10 * 2 * size ** 3 / (time.perf_counter() - start) / 1e9)
-    return best
-
-
-def matmul_peak(device: torch.device, precision: str, size: int, seconds: float) -> float:
-    """The device's square-matmul peak in GFLOP/s (the CPU one is bench.encode_text's)."""
-    if device.type == "cuda":
-        return cuda_matmul_peak_gflops(precision, size, seconds, device)
-    return matmul_peak_gflops(precision, size, seconds)
-
-
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else machine_info()["cpu"]
+                                matmul_size=PEAK_MATMUL_SIZE["cuda"])}
 
 
 # ------------------------------------------------------------------------------------ captions
@@ -171,206 +136,6 @@ def draw_batch(pool: Sequence[tuple[str, str]], size: int, seed: int,
     for lang, _ in drawn:
         counts[lang] = counts.get(lang, 0) + 1
     return [clean(caption) for _, caption in drawn], dict(sorted(counts.items()))
-
-
-# -------------------------------------------------------------------------------------- models
-
-def write_xlmr_base_folder(dest: Path) -> Path:
-    """A Hugging Face folder with xlm-roberta-base's config and the bundled encoder's tokenizer (the same
-    250,002-piece XLM-R SentencePiece vocabulary), for a random-init encoder without a hub."""
-    XLMRobertaConfig(**XLMR_BASE_CONFIG).save_pretrained(dest)
-    AutoTokenizer.from_pretrained(bundled_model_path()).save_pretrained(dest)
-    return dest
-
-
-def our_overrides(preset: str, tmp: Path) -> dict:
-    """``model_overrides`` for the trainer's ``build_model``: every weight local, the image tower random."""
-    if preset == "xlmr-base-vit-b32":
-        folder = write_xlmr_base_folder(tmp / "xlm-roberta-base")
-        return {"text_model": str(folder), "text_pretrained": False, "vision_pretrained": None}
-    return {"vision_pretrained": None}
-
-
-def hf_folder_for(ours: MultilingualCLIP, tmp: Path) -> Path:
-    """A local HF folder whose config builds our text encoder's architecture, for open_clip's ``hf_model_name``:
-    the encoder's own folder, or a copy of our (overridden) config with the tokenizer where overrides apply."""
-    if not ours.config.text_config_overrides:
-        return Path(resolve_model_name(ours.config.text_model))
-    folder = tmp / "text-encoder"
-    ours.text.transformer.config.save_pretrained(folder)
-    ours.text.tokenizer.save_pretrained(folder)
-    return folder
-
-
-def register_openclip_config(name: str, ours: MultilingualCLIP, hf_folder: Path, cfg_dir: Path) -> dict:
-    """Write and register the open_clip model config of a CustomTextCLIP shaped like ``ours`` (the export's own,
-    ``mclip_hbt.export.open_clip_config``), its text encoder and tokenizer read from ``hf_folder``."""
-    cfg = open_clip_config(ours, hf_folder)["model_cfg"]
-    cfg["text_cfg"]["context_length"] = OPENCLIP_CONTEXT
-    path = cfg_dir / f"{name}.json"
-    path.write_text(json.dumps(cfg, indent=2))
-    open_clip.add_model_config(path)
-    return cfg
-
-
-def build_openclip(name: str, ours: MultilingualCLIP, device: torch.device) -> torch.nn.Module:
-    model = open_clip.create_model(name, pretrained_text=False, output_dict=True)  # random; overwritten below
-    model.load_state_dict(open_clip_state_dict(ours), strict=True)
-    return model.to(device)
-
-
-def openclip_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    """open_clip_train.main's AdamW: no decay on gains, biases and the logit scale; no ``fused``/``foreach``
-    argument, so torch picks its default implementation."""
-    def exclude(n: str, p: torch.nn.Parameter) -> bool:
-        return p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n
-
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    groups = [{"params": [p for n, p in named if exclude(n, p)], "weight_decay": 0.0},
-              {"params": [p for n, p in named if not exclude(n, p)], "weight_decay": config.weight_decay}]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps)
-
-
-def trainable(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-# ------------------------------------------------------------------------------ the two steps
-
-def openclip_step(model: torch.nn.Module, images: torch.Tensor, texts: torch.Tensor, loss_fn: ClipLoss,
-                  optimizer: torch.optim.Optimizer, autocast: Callable, grad_clip: float) -> Step:
-    """open_clip_train.train.train_one_epoch's step (accum_freq 1, no grad scaler), inputs already on the device."""
-    def step() -> None:
-        optimizer.zero_grad()
-        with autocast():
-            out = model(images, texts)
-            losses = loss_fn(**out, output_dict=True)
-            total = sum(losses.values())
-        total.backward()
-        if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip, norm_type=2.0)
-        optimizer.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
-    return step
-
-
-def our_step(model: MultilingualCLIP, batch: dict, loss_fn: ContrastiveLoss, optimizer, accelerator: Accelerator,
-             config: TrainConfig) -> Step:
-    """The trainer's own ``train_step`` (it tokenizes, autocasts, clips, steps, zeroes the gradients, clamps)."""
-    state = TrainingState()
-
-    def step() -> None:
-        train_step(model, model, batch, loss_fn, optimizer, accelerator, config, state)
-    return step
-
-
-# ------------------------------------------------------------------------------------ measuring
-
-def counted_flops(fn: Callable[[], object]) -> int:
-    counter = FlopCounterMode(display=False)
-    with counter:
-        fn()
-    return counter.get_total_flops()
-
-
-def text_step_flops(ours: MultilingualCLIP, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:
-    """FLOPs of our text tower's forward + backward (projection included) on one [rows, length] batch."""
-    def run() -> None:
-        ours.encode_text({"input_ids": input_ids, "attention_mask": attention_mask}).sum().backward()
-    flops = counted_flops(run)
-    ours.zero_grad(set_to_none=True)
-    return flops
-
-
-def unpadded_text_flops(ours: MultilingualCLIP, tokens: dict[str, torch.Tensor]) -> int:
-    """Text forward + backward FLOPs with no pad token: the captions regrouped by exact length."""
-    lengths = tokens["attention_mask"].sum(dim=1)
-    total = 0
-    for length in lengths.unique().tolist():
-        rows = lengths == length
-        total += text_step_flops(ours, tokens["input_ids"][rows, :length], tokens["attention_mask"][rows, :length])
-    return total
-
-
-def resident_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
-    """Bytes held between steps: parameters, buffers and the optimizer's state (gradients are set to None)."""
-    tensors = {t.data_ptr(): t for t in (*model.parameters(), *model.buffers())}
-    for state in getattr(optimizer, "optimizer", optimizer).state.values():
-        tensors.update({v.data_ptr(): v for v in state.values() if isinstance(v, torch.Tensor)})
-    return sum(t.numel() * t.element_size() for t in tensors.values())
-
-
-def step_peak_bytes(step: Step, device: torch.device) -> int:
-    """The step's peak allocation above what was allocated before it (see the module docstring)."""
-    if device.type == "cuda":
-        sync(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        step()
-        sync(device)
-        return torch.cuda.max_memory_allocated(device) - before
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    # Every allocation and free is a "[memory]" event of the raw kineto results (prof.events() keeps only
-    # the ones outside any op; the others are folded into their op's net usage, which hides the peak).
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]")
-    current = peak = 0
-    for _, delta in events:
-        current += delta
-        peak = max(peak, current)
-    return peak
-
-
-def profile_step(step: Step, device: torch.device, top: int) -> dict:
-    """One profiled step: the top ops by self time and, on CPU, the backward / AdamW / rest split."""
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    sync(device)
-    start = time.perf_counter()
-    with profile(activities=activities) as prof:
-        step()
-        sync(device)
-    wall_ms = (time.perf_counter() - start) * 1e3
-    averages = prof.key_averages()
-    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    ranked = sorted(averages, key=lambda e: getattr(e, attr), reverse=True)[:top]
-    out = {"time_kind": "self CUDA time" if device.type == "cuda" else "self CPU time",
-           "profiled_step_ms": round(wall_ms, 1),
-           "top_ops": [{"op": e.key, "ms": round(getattr(e, attr) / 1e3, 2), "calls": e.count} for e in ranked]}
-    if device.type == "cpu":
-        # Top-level autograd nodes and the optimizer's own record_function span; the rest is the forward,
-        # the loss, tokenizing, clipping and zeroing.
-        backward = sum(e.cpu_time_total for e in averages if e.key.startswith("autograd::engine::evaluate_function"))
-        adamw = sum(e.cpu_time_total for e in averages if e.key.startswith("Optimizer.step#"))
-        out["split_ms"] = {"backward": round(backward / 1e3, 1), "adamw_step": round(adamw / 1e3, 1),
-                           "forward_loss_tokenize_clip": round(wall_ms - (backward + adamw) / 1e3, 1)}
-    return out
-
-
-def time_rounds(steps: dict[str, Step], rounds: int, per_round: int, device: torch.device,
-                desc: str, progress: bool) -> dict[str, list[float]]:
-    """Seconds per step of each side, per round; the sides alternate which goes first (ABBA...)."""
-    names = list(steps)
-    seconds: dict[str, list[float]] = {name: [] for name in names}
-    for r in tqdm(range(rounds), desc=desc, disable=not progress, leave=False):
-        for name in (names if r % 2 == 0 else names[::-1]):
-            sync(device)
-            start = time.perf_counter()
-            for _ in range(per_round):
-                steps[name]()
-            sync(device)
-            seconds[name].append((time.perf_counter() - start) / per_round)
-    return seconds
-
-
-def median_ms(fn: Callable[[], object], repeats: int = 5) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
 
 
 # ------------------------------------------------------------------------------------- one preset
@@ -402,34 +167,6 @@ class PresetBench:
         tokens = self.ours.tokenize(captions)
         return images.to(self.device), their_ids, tokens
 
-    def check_same_loss(self, images: torch.Tensor, their_ids: torch.Tensor, tokens: dict[str, torch.Tensor]) -> dict:
-        """Both sides' loss on the batch, eval mode (no dropout), fp32 (and bf16 autocast when timed in it)."""
-        ours_ids = [row[mask.bool()].tolist() for row, mask in zip(tokens["input_ids"], tokens["attention_mask"])]
-        pad = self.theirs.text.config.pad_token_id
-        theirs_ids = [row[row != pad].tolist() for row in their_ids.cpu()]
-        # Both encoders are built by transformers' AutoModel; record which attention kernel each got.
-        result = {"same_token_content": ours_ids == theirs_ids,
-                  "attn_implementation": {side: getattr(m.text.transformer.config, "_attn_implementation", None)
-                                          for side, m in (("ours", self.ours), ("open_clip", self.theirs))}}
-        self.ours.eval()
-        self.theirs.eval()
-        precisions = ["fp32"] + (["bf16"] if self.args.precision == "bf16" else [])
-        with torch.no_grad():
-            for precision in precisions:
-                with autocast_for(self.device, precision):
-                    a = self.ours(images, tokens.to(self.device))
-                    ours_loss = ContrastiveLoss(kind="clip")(**a)["loss"].float().item()
-                    b = self.theirs(images, their_ids)
-                    their_loss = ClipLoss()(b["image_features"], b["text_features"], b["logit_scale"]).float().item()
-                text_diff = (a["text_features"].float() - b["text_features"].float()).abs().max().item()
-                result[precision] = {"ours": round(ours_loss, 6), "open_clip": round(their_loss, 6),
-                                     "abs_diff": abs(ours_loss - their_loss), "text_feature_max_abs_diff": text_diff}
-        result["fp32_tolerance"] = FP32_LOSS_ATOL
-        result["ok"] = result["same_token_content"] and result["fp32"]["abs_diff"] <= FP32_LOSS_ATOL
-        self.ours.train()
-        self.theirs.train()
-        return result
-
     def lock_image(self) -> None:
         self.ours.lock_image_tower(self.config.image_unlocked_groups)  # what build_model does for --lock-image
         self.theirs.lock_image_tower()
@@ -440,7 +177,8 @@ class PresetBench:
         captions, lang_counts = draw_batch(pool, batch_size, args.seed, self.tokenizer.clean_fn)
         images, their_ids, tokens = self.inputs(captions)
         if self.loss_check is None:  # once per preset, before any step changes the weights
-            self.loss_check = self.check_same_loss(images, their_ids, tokens)
+            self.loss_check = same_loss_check(self.ours, self.theirs, images, their_ids, tokens, device,
+                                              args.precision)
             fp32 = self.loss_check["fp32"]
             print(f"  loss check ({self.preset}, batch {batch_size}, eval mode): fp32 ours {fp32['ours']:.6f} "
                   f"open_clip {fp32['open_clip']:.6f} |diff| {fp32['abs_diff']:.2e} (tolerance {FP32_LOSS_ATOL:g}), "
@@ -474,14 +212,8 @@ class PresetBench:
         for _ in range(args.warmup):
             for step in steps.values():
                 step()
-        memory = {}
-        for name, step in steps.items():
-            opt = ours_opt if name == "ours" else their_opt
-            model = self.ours if name == "ours" else self.theirs
-            resident = resident_bytes(model, opt)
-            peak = step_peak_bytes(step, device)
-            memory[name] = {"resident_bytes": resident, "step_peak_bytes": peak,
-                            "total_gib": round((resident + peak) / 2 ** 30, 3)}
+        memory = {"ours": step_memory(steps["ours"], self.ours, ours_opt, device),
+                  "open_clip": step_memory(steps["open_clip"], self.theirs, their_opt, device)}
         desc = f"{self.preset} {mode} b{batch_size}"
         seconds = time_rounds(steps, args.rounds, args.steps_per_round, device, desc, not args.no_progress)
         profile = profile_step(steps["ours"], device, args.profile_top)
@@ -593,9 +325,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     except ValueError:
         parser.error(f"--batch-size: expected integers, got {args.batch_size}")
     args.presets = parse_list(args.presets, str) or list(PRESETS)
-    unknown = sorted(set(args.presets) - set(PRESETS) - set(EXTRA_PRESETS))
+    unknown = sorted(set(args.presets) - set(PRESETS) - set(QUICK_CHECK_PRESETS))
     if unknown:
-        parser.error(f"--presets: unknown {', '.join(unknown)}; choose from {', '.join(PRESETS + EXTRA_PRESETS)}")
+        parser.error(f"--presets: unknown {', '.join(unknown)}; choose from {', '.join(PRESETS + QUICK_CHECK_PRESETS)}")
     modes = parse_list(args.modes, str) or list(MODES)
     if set(modes) - set(MODES):
         parser.error(f"--modes: choose from {', '.join(MODES)}, got {', '.join(modes)}")
@@ -631,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.rounds} rounds × {args.steps_per_round} step(s), {torch.get_num_threads()} threads; "
           f"{len(pool)} captions in the pool", flush=True)
     # Other processes may share the machine: time the peak before and after the rows and keep the best.
-    peak_before = matmul_peak(device, args.precision, args.matmul_size, args.peak_seconds)
+    peak_before = matmul_peak_gflops(device, args.precision, args.matmul_size, args.peak_seconds)
     args.peak_gflops = peak_before  # for the rows' fraction of peak; replaced by the best of both below
     print(f"{args.precision} matmul peak ({args.matmul_size}²): {peak_before / 1e3:.3f} TFLOP/s", flush=True)
 
@@ -658,7 +390,7 @@ def main(argv: list[str] | None = None) -> None:
             loss_checks[preset] = bench.loss_check
             del bench
             gc.collect()
-    peak_after = matmul_peak(device, args.precision, args.matmul_size, args.peak_seconds)
+    peak_after = matmul_peak_gflops(device, args.precision, args.matmul_size, args.peak_seconds)
     peak = max(peak_before, peak_after)
     for row in rows:  # fractions against the better of the two peak measurements
         for side in ("ours", "open_clip"):
@@ -690,7 +422,7 @@ def main(argv: list[str] | None = None) -> None:
                                "torch.profiler(profile_memory=True) records during one step"),
                   "tokenize": "ours tokenizes inside train_step (counted in its time); open_clip's captions are "
                               "tokenized beforehand, as its data loader workers do",
-                  "optimizer": "ours: mclip_hbt.trainer.build_optimizer (fused on CUDA); open_clip: "
+                  "optimizer": "ours: mclip_hbt.train.loop.build_optimizer (fused on CUDA); open_clip: "
                                "open_clip_train.main's AdamW groups, torch's default implementation"}})
     print(f"wrote {args.out} ({elapsed / 60:.1f} min)")
 

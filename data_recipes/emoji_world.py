@@ -28,23 +28,35 @@ few others are outside it and are reported apart.
 from __future__ import annotations
 
 import argparse
-import io
 import itertools
-import math
 import random
-import shutil
 import sys
-import urllib.request
-import xml.etree.ElementTree as ET
-import zipfile
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
 from babel.lists import format_list
-from PIL import Image, ImageDraw, ImageFont
 
+from data_recipes.emoji_render import (
+    EMOJI_COUNT_WEIGHTS,
+    EMOJI_COUNTS,
+    JPEG_QUALITY,
+    Painter,
+    Picture,
+    draw_picture,
+    renderable,
+)
+from data_recipes.emoji_sources import (
+    CLDR_SYSTEM_DIR,
+    CLDR_URL,
+    FONT_SYSTEM_FILE,
+    FONT_URL,
+    Annotation,
+    EmojiDataError,
+    download,
+    locate_cldr,
+    locate_font,
+    read_all_annotations,
+)
 from data_recipes.worlds import (
     add_world_arguments,
     at_least,
@@ -55,10 +67,9 @@ from data_recipes.worlds import (
     produce,
     write_xtd_split,
 )
+from mclip_hbt.data.shards import CaptionShardWriter
 from mclip_hbt.fileio import check_output_dir, write_json_atomic
-from mclip_hbt.languages import PRETRAINING_SOURCE, canonical_lang, language_name, parse_lang_list, pretraining_status
-from mclip_hbt.paths import shared_data_dir
-from mclip_hbt.shards import CaptionShardWriter
+from mclip_hbt.languages import PRETRAINING_SOURCE, language_name, parse_lang_list, pretraining_status
 
 HIGH_RESOURCE = ("en", "de", "fr", "es", "zh", "ja", "ru", "ar", "pt", "it")
 LOW_RESOURCE = ("sw", "am", "km", "ne", "te", "my", "cy", "is", "fil", "so")
@@ -70,239 +81,6 @@ PROFILES: dict[str, dict[str, float]] = {
 DONE_MARKER = "emoji_world.done.json"
 TEST_SPLITS = ("test_seen", "test_unseen")
 LANGUAGES_FILE = "languages.json"
-JPEG_QUALITY = 90
-#: The font's one bitmap strike: render there, then resize.
-FONT_STRIKE = 109
-#: Emoji per image and how often each count is drawn.
-EMOJI_COUNTS, EMOJI_COUNT_WEIGHTS = (1, 2, 3), (0.5, 0.3, 0.2)
-#: Emoji side as a fraction of the image side, by the number of emoji in the image.
-EMOJI_SCALE = {1: (0.55, 0.9), 2: (0.38, 0.55), 3: (0.3, 0.42)}
-MAX_ROTATION = 30.0
-BACKGROUNDS = ("flat", "gradient", "noise", "stripes", "checker", "dots")
-
-CLDR_SYSTEM_DIR = Path("/usr/share/unicode/cldr/common/annotations")
-FONT_SYSTEM_FILE = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
-CLDR_URL = "https://unicode.org/Public/cldr/41/core.zip"
-FONT_URL = "https://github.com/googlefonts/noto-emoji/raw/v2.042/fonts/NotoColorEmoji.ttf"
-WHERE_TO_GET = (
-    "get the CLDR annotations from CLDR's core.zip ({cldr}, folder common/annotations) or Debian's "
-    "unicode-cldr-core package, and the font from the noto-emoji release ({font}) or Debian's "
-    "fonts-noto-color-emoji; or pass --download to fetch both").format(cldr=CLDR_URL, font=FONT_URL)
-
-
-class EmojiDataError(ValueError):
-    """The CLDR annotations or the font cannot be found or read; the message says where to get them."""
-
-
-# --- locating and reading the data ------------------------------------------------------------
-
-def locate_cldr(path: str | Path | None = None) -> Path:
-    """The folder of CLDR ``annotations/*.xml``: ``path``, else the shared data, else Debian's."""
-    candidates = [Path(path)] if path else [shared_data_dir() / "cldr-annotations" / "annotations", CLDR_SYSTEM_DIR]
-    for folder in candidates:
-        if (folder / "en.xml").is_file():
-            return folder
-        if (folder / "annotations" / "en.xml").is_file():
-            return folder / "annotations"
-    raise EmojiDataError(f"no CLDR annotations (en.xml) in {', '.join(map(str, candidates))}; {WHERE_TO_GET}")
-
-
-def locate_font(path: str | Path | None = None) -> Path:
-    """The Noto Color Emoji font file: ``path``, else the shared data, else Debian's."""
-    candidates = [Path(path)] if path else [shared_data_dir() / "emoji-font" / "NotoColorEmoji.ttf", FONT_SYSTEM_FILE]
-    for file in candidates:
-        if file.is_file():
-            return file
-    raise EmojiDataError(f"no emoji font at {', '.join(map(str, candidates))}; {WHERE_TO_GET}")
-
-
-def download(cldr_url: str, font_url: str, dest: Path) -> tuple[Path, Path]:
-    """Fetch CLDR's core.zip (keeping ``common/annotations``) and the font into ``dest``; reused when present."""
-    cldr_dir, font_file = dest / "cldr-annotations" / "annotations", dest / "emoji-font" / "NotoColorEmoji.ttf"
-    if not (cldr_dir / "en.xml").is_file():
-        with urllib.request.urlopen(cldr_url, timeout=120) as response:
-            archive = zipfile.ZipFile(io.BytesIO(response.read()))
-        members = [m for m in archive.namelist() if m.startswith("common/annotations/") and m.endswith(".xml")]
-        if not members:
-            raise EmojiDataError(f"{cldr_url} holds no common/annotations/*.xml; is it CLDR's core.zip?")
-        staging = cldr_dir.with_name(cldr_dir.name + ".tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        for member in members:
-            (staging / Path(member).name).write_bytes(archive.read(member))
-        staging.rename(cldr_dir)
-    if not font_file.is_file():
-        font_file.parent.mkdir(parents=True, exist_ok=True)
-        with urllib.request.urlopen(font_url, timeout=120) as response:
-            data = response.read()
-        tmp = font_file.with_name(font_file.name + ".tmp")
-        tmp.write_bytes(data)
-        tmp.rename(font_file)
-    return cldr_dir, font_file
-
-
-@dataclass(frozen=True)
-class Annotation:
-    name: str  # the CLDR short name (type="tts")
-    keywords: tuple[str, ...]
-
-
-def read_annotations(xml_file: Path) -> dict[str, Annotation]:
-    """``{emoji: Annotation}`` of one CLDR annotations file (a real XML parser: entities decoded)."""
-    try:
-        root = ET.parse(xml_file).getroot()
-    except (ET.ParseError, OSError) as err:
-        raise EmojiDataError(f"cannot read {xml_file}: {err}") from err
-    names: dict[str, str] = {}
-    keywords: dict[str, tuple[str, ...]] = {}
-    for node in root.iter("annotation"):
-        emoji, text = node.get("cp"), (node.text or "").strip()
-        if not emoji or not text or text == "↑↑↑":  # "↑↑↑": inherited from the parent locale, no name here
-            continue
-        if node.get("type") == "tts":
-            names[emoji] = text
-        else:
-            keywords[emoji] = tuple(k.strip() for k in text.split("|") if k.strip())
-    return {e: Annotation(n, keywords.get(e) or (n,)) for e, n in names.items()}
-
-
-def read_all_annotations(cldr_dir: Path) -> dict[str, dict[str, Annotation]]:
-    """Every language's annotations, keyed by the project's language code (``root`` is no language)."""
-    out: dict[str, dict[str, Annotation]] = {}
-    for xml_file in sorted(cldr_dir.glob("*.xml")):
-        if xml_file.stem == "root":
-            continue
-        try:
-            lang = canonical_lang(xml_file.stem)
-        except ValueError:
-            continue  # a locale file this project has no code for; listed nowhere, used nowhere
-        out.setdefault(lang, {}).update(read_annotations(xml_file))
-    return out
-
-
-# --- rendering --------------------------------------------------------------------------------
-
-@lru_cache(maxsize=4)
-def _font(font_file: str) -> ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.truetype(font_file, FONT_STRIKE)
-    except OSError as err:
-        raise EmojiDataError(f"cannot load the emoji font {font_file}: {err}") from err
-
-
-def render_emoji(font_file: str, emoji: str) -> Image.Image:
-    """The emoji as an RGBA image at the font's strike, cropped to its visible pixels (maybe empty)."""
-    font = _font(font_file)
-    left, top, right, bottom = font.getbbox(emoji)
-    tile = Image.new("RGBA", (max(1, right - left), max(1, bottom - top)), (0, 0, 0, 0))
-    ImageDraw.Draw(tile).text((-left, -top), emoji, font=font, embedded_color=True)
-    visible = tile.getchannel("A").getbbox()
-    return tile.crop(visible) if visible else Image.new("RGBA", (1, 1), (0, 0, 0, 0))
-
-
-def renderable(font_file: str, emoji: str) -> bool:
-    """Whether the font draws the emoji (CLDR also names punctuation and symbols the font lacks)."""
-    tile = render_emoji(font_file, emoji)
-    return tile.size != (1, 1) and tile.getchannel("A").getextrema()[1] > 0
-
-
-@dataclass(frozen=True)
-class Placed:
-    emoji: str
-    x: float  # centre, fraction of the image side
-    y: float
-    scale: float  # side, fraction of the image side
-    rotation: float  # degrees
-
-
-@dataclass(frozen=True)
-class Picture:
-    emoji: tuple[Placed, ...]  # left to right: the order the caption names them
-    background: str
-    colours: tuple[tuple[int, int, int], tuple[int, int, int]]
-    texture_seed: int
-
-
-def _colour(rng: random.Random) -> tuple[int, int, int]:
-    return tuple(rng.randrange(256) for _ in range(3))
-
-
-def draw_picture(rng: random.Random, emoji: list[str]) -> Picture:
-    """Place ``emoji`` with their own scale, position and rotation, overlapping as little as tries allow."""
-    low, high = EMOJI_SCALE[len(emoji)]
-    placed: list[Placed] = []
-    for e in emoji:
-        best = None
-        for _ in range(20):  # rejection sampling: the placement farthest from the others wins
-            scale = rng.uniform(low, high)
-            half = scale / 2
-            x, y = rng.uniform(half, 1 - half), rng.uniform(half, 1 - half)
-            gap = min((math.hypot(x - p.x, y - p.y) - (scale + p.scale) / 2 for p in placed), default=1.0)
-            if best is None or gap > best[0]:
-                best = (gap, Placed(e, x, y, scale, rng.uniform(-MAX_ROTATION, MAX_ROTATION)))
-            if gap > 0:
-                break
-        placed.append(best[1])
-    placed.sort(key=lambda p: p.x)
-    return Picture(tuple(placed), rng.choice(BACKGROUNDS), (_colour(rng), _colour(rng)), rng.randrange(2**31))
-
-
-class Painter:
-    """Paints a :class:`Picture` at ``image_size`` px (emoji tiles rendered once per process)."""
-
-    def __init__(self, font_file: str, image_size: int):
-        self.font_file, self.size = font_file, image_size
-        self._tiles: dict[str, Image.Image] = {}
-
-    def tile(self, emoji: str) -> Image.Image:
-        if emoji not in self._tiles:
-            self._tiles[emoji] = render_emoji(self.font_file, emoji)
-        return self._tiles[emoji]
-
-    def background(self, picture: Picture) -> Image.Image:
-        n = self.size
-        first, second = (np.array(c, np.float32) for c in picture.colours)
-        rng = np.random.default_rng(picture.texture_seed)
-        ramp = np.linspace(0.0, 1.0, n, dtype=np.float32)
-        kind = picture.background
-        if kind == "flat":
-            mix = np.zeros((n, n), np.float32)
-        elif kind == "gradient":
-            angle = rng.uniform(0, 2 * math.pi)
-            mix = np.clip(0.5 + (np.cos(angle) * (ramp[None, :] - 0.5) + np.sin(angle) * (ramp[:, None] - 0.5)), 0, 1)
-        elif kind == "noise":
-            coarse = rng.random((max(2, n // 8), max(2, n // 8)), dtype=np.float32)
-            mix = np.asarray(Image.fromarray((coarse * 255).astype(np.uint8)).resize((n, n), Image.BILINEAR),
-                             np.float32) / 255
-        elif kind == "stripes":
-            period, angle = rng.uniform(4, 16), rng.uniform(0, math.pi)
-            proj = np.cos(angle) * np.arange(n)[None, :] + np.sin(angle) * np.arange(n)[:, None]
-            mix = ((proj // (period / 2)) % 2).astype(np.float32)
-        elif kind == "checker":
-            cell = int(rng.integers(4, 17))
-            mix = (((np.arange(n)[None, :] // cell) + (np.arange(n)[:, None] // cell)) % 2).astype(np.float32)
-        else:  # dots
-            cell = int(rng.integers(6, 17))
-            yy, xx = np.mgrid[0:n, 0:n] % cell - cell / 2
-            mix = (np.hypot(xx, yy) < cell / 4).astype(np.float32)
-        pixels = first * (1 - mix[..., None]) + second * mix[..., None]
-        pixels += rng.normal(0.0, 6.0, pixels.shape)  # sensor-like grain on every kind
-        return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
-
-    def paint(self, picture: Picture) -> bytes:
-        canvas = self.background(picture)
-        for p in picture.emoji:
-            tile = self.tile(p.emoji)
-            side = max(4, round(p.scale * self.size))
-            width = max(1, round(side * tile.width / max(tile.size)))
-            height = max(1, round(side * tile.height / max(tile.size)))
-            sprite = tile.resize((width, height), Image.LANCZOS).rotate(p.rotation, Image.BICUBIC, expand=True)
-            canvas.paste(sprite,
-                         (round(p.x * self.size - sprite.width / 2), round(p.y * self.size - sprite.height / 2)),
-                         sprite)
-        buffer = io.BytesIO()
-        canvas.save(buffer, format="JPEG", quality=JPEG_QUALITY)
-        return buffer.getvalue()
 
 
 # --- captions ---------------------------------------------------------------------------------

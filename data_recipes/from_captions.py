@@ -5,12 +5,12 @@
         --captions en=xtd10/XTD10/test_1kcaptions_en.txt --captions de=xtd10/MIC/test_1kcaptions_de.txt
 
 Captions are stored exactly as read, less their line terminators (see ``caption_files``). Images
-are opened as training opens them (``mclip_hbt.images.open_image``) and re-encoded in a process pool,
+are opened as training opens them (``mclip_hbt.data.images.open_image``) and re-encoded in a process pool,
 in input order. A JSONL line that is not a caption record, an image name outside ``--images``, a
 missing or an unreadable image skips its sample; every skip is listed in ``OUT/skipped.jsonl`` and
 counted in ``OUT/dataset.json``.
 
-The test images of XTD10, xFlickr&CO and Multi30K test2016 (``mclip_hbt.benchmark_images``, read from
+The test images of XTD10, xFlickr&CO and Multi30K test2016 (``mclip_hbt.data.benchmark_images``, read from
 ``--benchmark-data``) are skipped too, unless ``--allow-benchmark-images``: a model trained on them scores
 those benchmarks on images it has seen.
 """
@@ -30,13 +30,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data_recipes.images import PIL_FORMATS, encode_image
-from mclip_hbt.benchmark_images import BenchmarkImages, read_benchmark_images
-from mclip_hbt.caption_files import CaptionFileError, read_aligned_captions
+from mclip_hbt.data.benchmark_images import BenchmarkImages, read_benchmark_images
+from mclip_hbt.data.caption_files import CaptionFileError, read_aligned_captions
+from mclip_hbt.data.images import PIL_FORMATS, ImageFinder, encode_image
+from mclip_hbt.data.shards import CaptionShardWriter
 from mclip_hbt.fileio import OutputError, check_output_dir, parse_json, write_text_atomic
-from mclip_hbt.images import ImageFinder
 from mclip_hbt.languages import canonical_lang, parse_lang_list
-from mclip_hbt.shards import CaptionShardWriter
 
 #: One input sample: image name, captions per language, machine-translated languages.
 Entry = tuple[str, dict[str, list[str]], set[str]]

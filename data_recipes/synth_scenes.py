@@ -42,9 +42,9 @@ from data_recipes.worlds import (
     produce,
     write_xtd_split,
 )
+from mclip_hbt.data.shards import CaptionShardWriter
 from mclip_hbt.fileio import OutputError, check_output_dir
 from mclip_hbt.languages import XTD_LANGS
-from mclip_hbt.shards import CaptionShardWriter
 
 #: Resource profiles: the fraction of training images that carry captions in each language
 #: (a language left out never appears in training). Add your own here or pass one as JSON.

@@ -28,12 +28,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from mclip_hbt.data.samples import FaultCounter, parse_sample, read_tar_samples
+from mclip_hbt.data.shard_plan import expand_shards
+from mclip_hbt.data.shards import CaptionShardWriter, ShardSample
 from mclip_hbt.fileio import OutputError, check_output_dir, parse_json
 from mclip_hbt.languages import canonical_lang, parse_lang_list
 from mclip_hbt.options import OptionError
-from mclip_hbt.samples import FaultCounter, parse_sample, read_tar_samples
-from mclip_hbt.shard_plan import expand_shards
-from mclip_hbt.shards import CaptionShardWriter, ShardSample
 
 #: ISO 639-1 → NLLB-200 (FLORES-200) code, for every language the project knows.
 NLLB_CODES: dict[str, str] = {

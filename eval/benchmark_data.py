@@ -25,9 +25,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from mclip_hbt.benchmark_images import MULTI30K_TEST2016_NAMES_FILE, XTD_NAMES_FILE
-from mclip_hbt.caption_files import CaptionFileError, read_lines
-from mclip_hbt.images import ImageFinder
+from mclip_hbt.data.benchmark_images import MULTI30K_TEST2016_NAMES_FILE, XTD_NAMES_FILE
+from mclip_hbt.data.caption_files import CaptionFileError, read_lines
+from mclip_hbt.data.images import ImageFinder
 from mclip_hbt.languages import XTD_LANGS, canonical_lang
 
 XTD_CAPTION_PREFIX = "test_1kcaptions_"

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import torch
 
-from mclip_hbt.benchmark_images import overlap
+from mclip_hbt.data.benchmark_images import overlap
 from mclip_hbt.fileio import OutputError, check_output_dir, check_output_file, parse_json
-from mclip_hbt.hub import ModelUnavailableError
 from mclip_hbt.languages import parse_lang_list
-from mclip_hbt.model import TRAIN_META_NAME
+from mclip_hbt.model.clip import TRAIN_META_NAME
+from mclip_hbt.offline.hub import ModelUnavailableError
 from mclip_hbt.runtime import now_iso, package_versions
 
 from .benchmark_data import RetrievalSplit
@@ -173,7 +173,7 @@ def train_meta(model: RetrievalModel) -> dict | None:
     return meta
 
 
-#: The benchmark (``mclip_hbt.benchmark_images``) whose test images each evaluated split holds.
+#: The benchmark (``mclip_hbt.data.benchmark_images``) whose test images each evaluated split holds.
 SPLIT_IMAGES_OF = {"xtd10": "xtd10", "mscoco-1k": "xtd10", "xflickrco": "xflickrco", "multi30k": "multi30k-test2016"}
 
 

@@ -1,5 +1,5 @@
 """Evaluate one model on one split: encode every distinct caption and every image once, then score
-every setting from those embeddings (``eval.settings``)."""
+every setting from those embeddings (``eval.retrieval_settings``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from . import settings
+from . import retrieval_settings
 from .benchmark_data import RetrievalSplit
 from .metrics import check_finite
 from .models import RetrievalModel
@@ -64,15 +64,15 @@ def evaluate_split(split: RetrievalSplit, model: RetrievalModel, *, langs: list[
             flat = [(i, c) for i, image in enumerate(caps) for c in image]
             text_emb = emb[[row[c] for _, c in flat]]
             text_image = torch.tensor([i for i, _ in flat])
-            recalls, summary["monolingual"][lang] = settings.monolingual(text_emb, text_image, image_emb, device,
-                                                                         unreadable)
+            recalls, summary["monolingual"][lang] = retrieval_settings.monolingual(
+                text_emb, text_image, image_emb, device, unreadable)
             records.append({"dataset": split.dataset, "model": model.name, "pretrained": model.pretrained,
                             "task": "zeroshot_retrieval", "language": clip_benchmark_language(split.dataset, lang),
                             "metrics": recalls})
     pool_emb = {lang: e for lang, e in aligned_emb.items() if lang in pool_langs}
     if image_paths and pool_emb:
-        summary["multilingual_image"] = settings.multilingual_image(image_emb, pool_emb, device, unreadable)
+        summary["multilingual_image"] = retrieval_settings.multilingual_image(image_emb, pool_emb, device, unreadable)
     if len(pool_emb) >= 2:
-        summary["crosslingual"] = settings.crosslingual(aligned_emb, device, targets=pool_emb.keys())
-        summary["multilingual_text"] = settings.multilingual_text(pool_emb, device)
+        summary["crosslingual"] = retrieval_settings.crosslingual(aligned_emb, device, targets=pool_emb.keys())
+        summary["multilingual_text"] = retrieval_settings.multilingual_text(pool_emb, device)
     return SplitResult(records, summary, unreadable_paths)

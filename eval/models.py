@@ -3,13 +3,13 @@
 ``load_retrieval_model(spec, device)`` accepts:
 
 - a saved mclip_hbt directory (``MultilingualCLIP.from_pretrained``);
-- a preset name of ``mclip_hbt.model.create_model`` (``tiny``, ``e5-small-vit-b32``, ...);
+- a preset name of ``mclip_hbt.model.clip.create_model`` (``tiny``, ``e5-small-vit-b32``, ...);
 - ``open_clip:ARCH:TAG`` — any open_clip model; ``TAG`` is a pretrained tag or a local checkpoint
   path; ``open_clip:ARCH`` alone is a randomly initialised model;
 - ``bundled:multilingual-e5-small`` or ``hf:NAME_OR_PATH`` — a bare text encoder (mean pooling,
   "query: " prefix as E5 expects, no projection): text-only settings only.
 
-Texts are encoded in batches of similar token length (``mclip_hbt.encoding``); images through a
+Texts are encoded in batches of similar token length (``mclip_hbt.model.encoding``); images through a
 ``DataLoader`` with worker processes. Embeddings come back L2-normalised, float32, on the CPU, in
 input order. On CUDA the forward passes run under bfloat16 autocast, as CLIP_benchmark runs under AMP.
 """
@@ -29,13 +29,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from mclip_hbt.bundled import BUNDLED_PREFIX, E5_QUERY_PREFIX
-from mclip_hbt.encoding import encode_in_length_order
+from mclip_hbt.data.images import ImageError, open_image
 from mclip_hbt.fileio import parse_json
-from mclip_hbt.hub import ModelUnavailableError, load_or_explain
-from mclip_hbt.images import ImageError, open_image
-from mclip_hbt.model import CONFIG_NAME, PRESETS, MultilingualCLIP, create_model
-from mclip_hbt.text_tower import TextTower
+from mclip_hbt.model.clip import CONFIG_NAME, PRESETS, MultilingualCLIP, create_model
+from mclip_hbt.model.encoding import encode_in_length_order
+from mclip_hbt.model.text_tower import TextTower
+from mclip_hbt.offline.bundled_e5 import BUNDLED_PREFIX, E5_QUERY_PREFIX
+from mclip_hbt.offline.hub import ModelUnavailableError, load_or_explain
 
 from .text_cache import TextFeatureCache, encoder_fingerprint
 
@@ -46,7 +46,7 @@ SPEC_FORMS = (f"a saved model directory, a preset ({', '.join(PRESETS)}), open_c
 
 
 class ImageFiles(Dataset):
-    """Decoded, preprocessed images, opened as training opens them (``mclip_hbt.images.open_image``); a
+    """Decoded, preprocessed images, opened as training opens them (``mclip_hbt.data.images.open_image``); a
     file that cannot be used (undecodable, truncated, a decompression bomb) yields a black image and
     ``ok=False``."""
 

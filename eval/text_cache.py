@@ -2,8 +2,8 @@
 
 A model's text embedding is ``projection(encoder(caption))``. Models trained with a frozen text
 encoder (LiT-style runs, every run of an α sweep, and the untrained encoder itself) share
-``encoder``, and on a CPU encoding captions is most of an evaluation's time: 208,000 emoji-world
-captions take about 15 minutes on 2 cores, the projection a second. This cache stores the pooled
+``encoder``, and on a CPU encoding captions is most of an evaluation's time, the projection a small
+part of it (docs/results.md). This cache stores the pooled
 encoder output of each caption under a fingerprint of everything that determines it — the
 encoder's weights (every byte of its state dict), its tokenizer, the caption prefix, pooling and
 truncation — so a model whose encoder was fine-tuned, or one with another tokenizer, never reads

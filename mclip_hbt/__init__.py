@@ -10,7 +10,7 @@ __all__ = ["MultilingualCLIP", "MultilingualCLIPConfig", "create_model"]
 
 def __getattr__(name: str):
     if name in __all__:
-        from . import model
+        from mclip_hbt.model import clip
 
-        return getattr(model, name)
+        return getattr(clip, name)
     raise AttributeError(f"module 'mclip_hbt' has no attribute {name!r}")

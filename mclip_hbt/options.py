@@ -26,6 +26,9 @@ class OptionError(ValueError):
     def __str__(self) -> str:
         return f"--{self.option.replace('_', '-')}: {self.message}"
 
+    def __reduce__(self):  # one process's refusal is raised again on the others (train.output.on_main)
+        return type(self), (self.option, self.message)
+
 
 def option(default: Any, help: str, **metadata) -> Any:
     """A dataclass field that is a command-line option: ``help`` for ``--help``; ``choices``; ``yaml=True``

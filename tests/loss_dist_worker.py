@@ -1,5 +1,5 @@
 """The 2-process half of tests/test_loss.py, in a module of its own so that the spawned workers
-import only torch and mclip_hbt.loss (open_clip alone takes seconds to import)."""
+import only torch and mclip_hbt.model.loss (open_clip alone takes seconds to import)."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from mclip_hbt.loss import ContrastiveLoss
+from mclip_hbt.model.loss import ContrastiveLoss
 
 GLOBAL_BATCH, WORLD = 8, 2
 

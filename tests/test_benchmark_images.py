@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from mclip_hbt.benchmark_images import BenchmarkImages, BenchmarkSightings, image_id, overlap
+from mclip_hbt.data.benchmark_images import BenchmarkImages, BenchmarkSightings, image_id, overlap
 
 
 @pytest.mark.parametrize("name, expected", [

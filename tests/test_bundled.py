@@ -13,8 +13,14 @@ import numpy as np
 import pytest
 
 from eval.benchmark_data import load_xtd_split
-from mclip_hbt.bundled import E5File, bundled_model_path, bundled_source_file, read_e5_file, resolve_model_name
 from mclip_hbt.languages import XTD_LANGS
+from mclip_hbt.offline.bundled_e5 import (
+    E5File,
+    bundled_model_path,
+    bundled_source_file,
+    read_e5_file,
+    resolve_model_name,
+)
 from mclip_hbt.paths import REPO_ROOT
 
 E5_QUERY_PREFIX = "query: "
@@ -153,7 +159,7 @@ def test_missing_offline_extra_is_explained(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(view)]),
            "MCLIP_HBT_CACHE": str(tmp_path / "empty-cache")}
     check = """
-from mclip_hbt.bundled import bundled_model_path
+from mclip_hbt.offline.bundled_e5 import bundled_model_path
 try:
     bundled_model_path()
 except ImportError as err:

@@ -12,8 +12,12 @@ from matplotlib import cbook
 from PIL import Image
 
 from mclip_hbt import create_model
-from mclip_hbt.bundled import MissingOfflineExtraError, main
-from mclip_hbt.bundled_vision import (
+from mclip_hbt.bundled import main
+from mclip_hbt.fileio import BUILD_STAMP
+from mclip_hbt.model.clip import PRESETS, MultilingualCLIP, MultilingualCLIPConfig
+from mclip_hbt.model.text_tower import TextTower
+from mclip_hbt.offline.bundled_e5 import MissingOfflineExtraError
+from mclip_hbt.offline.bundled_vision import (
     BUNDLED_EFFICIENTNET_LITE0,
     BUNDLED_VISION,
     EFFICIENTNET_LITE0,
@@ -23,10 +27,7 @@ from mclip_hbt.bundled_vision import (
     rename_to_timm,
     source_checkpoint,
 )
-from mclip_hbt.fileio import BUILD_STAMP
-from mclip_hbt.hub import ModelUnavailableError
-from mclip_hbt.model import PRESETS, MultilingualCLIP, MultilingualCLIPConfig
-from mclip_hbt.text_tower import TextTower
+from mclip_hbt.offline.hub import ModelUnavailableError
 
 PACKAGE = BUNDLED_VISION[EFFICIENTNET_LITE0].package
 needs_weights = pytest.mark.skipif(

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from mclip_hbt.data.shards import CaptionShardWriter, iter_shard
 from mclip_hbt.fileio import exclusive_lock
-from mclip_hbt.model import MultilingualCLIP, create_model
+from mclip_hbt.model.clip import MultilingualCLIP, create_model
 from mclip_hbt.paths import REPO_ROOT
-from mclip_hbt.shards import CaptionShardWriter, iter_shard
 
 #: The oldest releases the ranges in pyproject.toml admit for the file-format libraries (and what they need
 #: that this venv's newer releases replace).
@@ -58,7 +58,7 @@ def run_under(overlay: Path, script: str, *args: str, cache: Path | None = None)
 ENCODE_SAVED = r"""
 import json, sys, torch, transformers
 from mclip_hbt.fileio import exclusive_lock
-from mclip_hbt.model import MultilingualCLIP
+from mclip_hbt.model.clip import MultilingualCLIP
 captions = json.loads(sys.argv[1])
 model = MultilingualCLIP.from_pretrained(sys.argv[2]).eval()
 with torch.no_grad():
@@ -87,8 +87,8 @@ def test_a_model_saved_under_transformers_5_loads_under_4(old_release, tmp_path)
 
 ENCODE_BUNDLED = r"""
 import json, sys, torch, transformers
-from mclip_hbt.bundled import E5_QUERY_PREFIX, bundled_model_path
-from mclip_hbt.text_tower import TextTower
+from mclip_hbt.offline.bundled_e5 import E5_QUERY_PREFIX, bundled_model_path
+from mclip_hbt.model.text_tower import TextTower
 tower = TextTower.from_name("bundled:multilingual-e5-small", prefix=E5_QUERY_PREFIX).eval()
 with torch.no_grad():
     pooled = tower(tower.tokenize(json.loads(sys.argv[1])))
@@ -106,7 +106,7 @@ def test_the_bundled_encoder_converted_under_transformers_4_matches_5(old_releas
 
 SHARDS = r"""
 import json, sys, webdataset
-from mclip_hbt.shards import CaptionShardWriter, iter_shard
+from mclip_hbt.data.shards import CaptionShardWriter, iter_shard
 if sys.argv[1] == "write":
     with CaptionShardWriter(sys.argv[2], max_count=4) as writer:
         for i in range(6):

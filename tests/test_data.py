@@ -16,11 +16,11 @@ import webdataset as wds
 from conftest import free_port
 from PIL import Image
 
-from mclip_hbt.data import LoaderConfig, SampleStream, build_loader
+from mclip_hbt.data.loader import LoaderConfig, SampleStream, build_loader
+from mclip_hbt.data.samples import SKIP_REASONS
+from mclip_hbt.data.shards import CaptionShardWriter, iter_shard
 from mclip_hbt.fileio import write_json_atomic
 from mclip_hbt.paths import REPO_ROOT
-from mclip_hbt.samples import SKIP_REASONS
-from mclip_hbt.shards import CaptionShardWriter, iter_shard
 
 TO_TENSOR = T.ToTensor()
 

@@ -18,9 +18,9 @@ from PIL import Image
 
 from data_recipes.from_captions import main as from_captions
 from data_recipes.synth_scenes import main as synth_scenes
-from mclip_hbt.data import LoaderConfig, SampleStream
+from mclip_hbt.data.loader import LoaderConfig, SampleStream
+from mclip_hbt.data.shards import CaptionShardWriter
 from mclip_hbt.paths import REPO_ROOT
-from mclip_hbt.shards import CaptionShardWriter
 
 NESTED_JSON = b"[" * 200000
 

@@ -13,7 +13,7 @@ import pytest
 from conftest import copy_first_lines
 from PIL import Image
 
-from mclip_hbt.model import create_model
+from mclip_hbt.model.clip import create_model
 from mclip_hbt.paths import REPO_ROOT
 
 ENTRYPOINT = REPO_ROOT / "docker" / "entrypoint.sh"

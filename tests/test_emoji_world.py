@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from data_recipes import emoji_render, emoji_sources
 from data_recipes import emoji_world as ew
 from eval import xtd
+from mclip_hbt.data.shards import iter_shard
 from mclip_hbt.languages import canonical_lang
 from mclip_hbt.paths import REPO_ROOT
-from mclip_hbt.shards import iter_shard
 
 TRAIN_SAMPLES = 1200
 # A few languages besides the profile's, among them three outside XLM-R's pre-training.
@@ -42,13 +43,13 @@ def font_file(shared_data) -> Path:
 
 @pytest.fixture(scope="session")
 def annotations(cldr_dir):
-    return ew.read_all_annotations(cldr_dir)
+    return emoji_sources.read_all_annotations(cldr_dir)
 
 
 @pytest.fixture(scope="session")
 def drawable(annotations, font_file) -> set[str]:
     everything = set().union(*(set(a) for a in annotations.values()))
-    return {e for e in everything if ew.renderable(str(font_file), e)}
+    return {e for e in everything if emoji_render.renderable(str(font_file), e)}
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +66,7 @@ def used_cldr_dir(cldr_dir, tmp_path_factory) -> Path:
             continue
         if xml_file.stem != "root" and lang in needed:
             (folder / xml_file.name).symlink_to(xml_file)
-    assert set(ew.read_all_annotations(folder)) == needed
+    assert set(emoji_sources.read_all_annotations(folder)) == needed
     return folder
 
 
@@ -128,10 +129,10 @@ def test_several_emoji_are_joined_with_the_languages_list_pattern():
 def test_every_drawable_emoji_renders_visible_pixels(font_file, drawable):
     assert len(drawable) > 1500
     for emoji in sorted(drawable):
-        tile = ew.render_emoji(str(font_file), emoji)
+        tile = emoji_render.render_emoji(str(font_file), emoji)
         assert tile.width > 20 and tile.height > 20, emoji
         assert tile.getchannel("A").getextrema()[1] == 255, emoji
-    assert not ew.renderable(str(font_file), "‾")  # CLDR names punctuation the font does not draw
+    assert not emoji_render.renderable(str(font_file), "‾")  # CLDR names punctuation the font does not draw
 
 
 def test_default_test_splits_have_distinct_english_captions(annotations, drawable):
@@ -256,10 +257,10 @@ def test_download_path_against_local_files(tmp_path, cldr_dir, font_file):
         for lang in ("en", "de"):
             z.write(cldr_dir / f"{lang}.xml", f"common/annotations/{lang}.xml")
         z.writestr("common/main/en.xml", "<ldml/>")
-    cldr, font = ew.download(archive.as_uri(), font_file.as_uri(), tmp_path / "fetched")
+    cldr, font = emoji_sources.download(archive.as_uri(), font_file.as_uri(), tmp_path / "fetched")
     assert sorted(p.name for p in cldr.iterdir()) == ["de.xml", "en.xml"]
     assert font.read_bytes() == font_file.read_bytes()
-    assert ew.read_all_annotations(cldr)["de"]["🐕"].name == "Hund"
+    assert emoji_sources.read_all_annotations(cldr)["de"]["🐕"].name == "Hund"
 
 
 def test_missing_data_is_one_message_saying_where_to_get_it(tmp_path):

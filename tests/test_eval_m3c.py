@@ -11,7 +11,7 @@ from PIL import Image
 
 from eval import m3c
 from eval.benchmark_data import load_multi30k_test2016
-from mclip_hbt.caption_files import read_lines
+from mclip_hbt.data.caption_files import read_lines
 
 MULTI30K = ["en", "de", "fr", "cs"]
 COCO = ["en", "ja", "zh"]

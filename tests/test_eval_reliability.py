@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from eval import report, settings, xtd
+from eval import report, retrieval_settings, xtd
 from eval.metrics import (
     NonFiniteEmbeddingsError,
     mean_average_precision,
@@ -22,8 +22,8 @@ from eval.metrics import (
     relevant_ranks,
     retrieval_recalls,
 )
-from mclip_hbt.hub import ModelUnavailableError
-from mclip_hbt.model import CONFIG_NAME, WEIGHTS_NAME, MultilingualCLIP, create_model
+from mclip_hbt.model.clip import CONFIG_NAME, WEIGHTS_NAME, MultilingualCLIP, create_model
+from mclip_hbt.offline.hub import ModelUnavailableError
 
 N_IMAGES = 12
 LANGS = ("en", "de", "fr")
@@ -80,12 +80,12 @@ def test_constant_embeddings_score_no_hit_and_the_widest_rank_distance(embedding
     assert recalls == {key: 0.0 for key in recalls}  # was 1.0 for every key (ties counted as hits)
     aligned = {lang: emb.clone() for lang in LANGS}
     # Caption pool: 59 other captions, 2 relevant; tied, both rank after the 57 irrelevant ones.
-    pool = settings.multilingual_text(aligned)
+    pool = retrieval_settings.multilingual_text(aligned)
     assert pool["map"] == pytest.approx((1 / 58 + 2 / 59) / 2)
     assert pool["rank_distance"] == 57.0  # was 0.0: no language bias at all
-    image_pool = settings.multilingual_image(emb, aligned)
+    image_pool = retrieval_settings.multilingual_image(emb, aligned)
     assert image_pool["r@10"] == 0.0 and image_pool["rank_distance"] == 57.0
-    assert settings.crosslingual(aligned)["r@1"]["de"]["en"] == 0.0
+    assert retrieval_settings.crosslingual(aligned)["r@1"]["de"]["en"] == 0.0
 
 
 def test_a_partly_collapsed_model_gains_nothing_from_its_ties():
@@ -245,7 +245,7 @@ def test_an_unreadable_image_never_scores_as_a_hit():
     recalls = retrieval_recalls(emb, emb.clone(), torch.arange(N_IMAGES), unreadable_images=unreadable)
     assert recalls == {key: pytest.approx((N_IMAGES - 1) / N_IMAGES) for key in recalls}
     aligned = {lang: emb.clone() for lang in LANGS}
-    assert settings.multilingual_image(emb, aligned, unreadable_images=unreadable)["r@10"] == \
+    assert retrieval_settings.multilingual_image(emb, aligned, unreadable_images=unreadable)["r@10"] == \
         pytest.approx((N_IMAGES - 1) / N_IMAGES)
 
 

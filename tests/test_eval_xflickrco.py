@@ -14,7 +14,7 @@ from transformers import AutoModel, AutoTokenizer
 from eval import xflickrco
 from eval.benchmark_data import XFLICKRCO_LANGS, load_xflickrco
 from eval.references import load_references
-from mclip_hbt.bundled import E5_QUERY_PREFIX, bundled_model_path
+from mclip_hbt.offline.bundled_e5 import E5_QUERY_PREFIX, bundled_model_path
 
 #: The first ten Japanese lines (Flickr30k images) as they must read after stripping, written by hand from
 #: the file: the ASCII digits glued to phrases go; the full-width numbers (５人, ２人, １１人) stay.

@@ -16,7 +16,7 @@ from data_recipes.synth_scenes import generate
 from eval import xtd
 from eval.benchmark_data import load_xtd_split
 from mclip_hbt.languages import XTD_LANGS
-from mclip_hbt.model import create_model
+from mclip_hbt.model.clip import create_model
 from mclip_hbt.paths import REPO_ROOT
 
 SUMMARY_KEYS = {"monolingual", "crosslingual", "multilingual_image", "multilingual_text"}

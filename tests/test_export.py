@@ -13,9 +13,9 @@ import pytest
 import torch
 from conftest import one_thread
 
-from mclip_hbt.export import OPEN_CLIP_CONFIG, TEXT_ENCODER_CARD, export_open_clip, export_transformers
 from mclip_hbt.export import main as export_main
-from mclip_hbt.model import create_model
+from mclip_hbt.model.clip import create_model
+from mclip_hbt.model.export import OPEN_CLIP_CONFIG, TEXT_ENCODER_CARD, export_open_clip, export_transformers
 
 #: Captions with what tokenizers trip on: doubled and edge spaces, CJK, accents, a long one.
 CAPTIONS = ["a dog on a bike", " Zwei  Katzen auf dem Sofa ", "犬と自転車に乗った男性", "un perro grande y marrón",

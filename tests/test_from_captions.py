@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from data_recipes.from_captions import main as from_captions
-from mclip_hbt.caption_files import CaptionFileError, read_aligned_captions, read_lines
+from mclip_hbt.data.caption_files import CaptionFileError, read_aligned_captions, read_lines
 
 XTD_FILES = {"en": "XTD10", "es": "XTD10", "it": "XTD10", "ko": "XTD10", "pl": "XTD10", "ru": "XTD10",
              "tr": "XTD10", "zh": "XTD10", "de": "MIC", "fr": "MIC", "jp": "STAIR"}

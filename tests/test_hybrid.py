@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 import torch
 
-from mclip_hbt.hybrid import HybridBatcher, HybridConfig, summarize_records
+from mclip_hbt.data.hybrid import HybridBatcher, HybridConfig, summarize_records
 
 LANGS = ("de", "en", "fr")
 #: Chi-square critical value for 2 degrees of freedom at p = 0.001 (the chi-square(2) law is
@@ -18,7 +18,7 @@ CHI2_DF2_P001 = -2 * math.log(1e-3)
 
 
 def make_stream(n_chunks: int, chunk_size: int, langs_of, prefix: str = "s"):
-    """Chunks like mclip_hbt.data's; sample ``i`` has the languages ``langs_of(i)`` and 2 captions in each."""
+    """Chunks like mclip_hbt.data.loader's; sample ``i`` has the languages ``langs_of(i)`` and 2 captions in each."""
     for c in range(n_chunks):
         idx = range(c * chunk_size, (c + 1) * chunk_size)
         keys = [f"{prefix}{i:07d}" for i in idx]

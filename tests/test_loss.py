@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 from loss_dist_worker import CASES, WORLD, TinyTowers, distributed_worker, global_batch, loss_and_grads, random_features
 from open_clip.loss import ClipLoss
 
-from mclip_hbt.loss import ContrastiveLoss, text_pair_loss
+from mclip_hbt.model.loss import ContrastiveLoss, text_pair_loss
 
 IMAGE = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
 TEXT = torch.tensor([[0.8, 0.6], [0.0, 1.0]])

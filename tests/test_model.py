@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from mclip_hbt import create_model
-from mclip_hbt.hub import ModelUnavailableError
+from mclip_hbt.offline.hub import ModelUnavailableError
 
 CAPTIONS = ["a red circle", "ein roter Kreis links neben einem blauen Quadrat", "赤い丸", "два синих круга"]
 
@@ -65,7 +65,7 @@ def test_save_and_reload_in_a_fresh_offline_process(tiny, tmp_path):
     script = textwrap.dedent(f"""
         import torch
         from PIL import Image
-        from mclip_hbt.model import MultilingualCLIP
+        from mclip_hbt.model.clip import MultilingualCLIP
         model = MultilingualCLIP.from_pretrained({str(saved)!r}).eval()
         images = [Image.new("RGB", (40 + 7 * i, 48), (30 * i, 200, 90)) for i in range(2)]
         pixels = torch.stack([model.preprocess(im) for im in images])
@@ -94,8 +94,8 @@ def offline_process() -> dict[str, str]:
     script = textwrap.dedent("""
         import json, traceback
         import torch
-        from mclip_hbt.model import create_model
-        from mclip_hbt.hub import ModelUnavailableError
+        from mclip_hbt.model.clip import create_model
+        from mclip_hbt.offline.hub import ModelUnavailableError
 
         def e5_preset():
             model = create_model("e5-small-vit-b32").eval()

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from data_recipes.synth_scenes import generate
-from eval import report, xtd
-from mclip_hbt.model import create_model
+from eval import report, report_data, xtd
+from mclip_hbt.model.clip import create_model
 from mclip_hbt.paths import REPO_ROOT
 
 ALPHAS = (0.0, 0.5, 1.0)
@@ -170,6 +170,6 @@ def test_the_gain_compares_alpha_zero_with_the_best_other_alpha_even_when_zero_i
         return {"t2i_r@10": {"en": (en, 0.0), "sw": (sw, 0.0)}}
 
     table = {0.0: row(0.50, 0.20), 0.5: row(0.45, 0.22), 1.0: row(0.40, 0.21)}
-    best, gains = report.alpha_gain(table)
+    best, gains = report_data.alpha_gain(table)
     assert best == 0.5  # α = 0 has the best mean, but a gain against itself would be zero everywhere
     assert gains == pytest.approx({"en": -0.05, "sw": 0.02})

@@ -21,9 +21,9 @@ from data_recipes.scene_grammar import (
 )
 from data_recipes.synth_scenes import PROFILES, generate, resolve_profile
 from data_recipes.synth_scenes import main as synth_main
+from mclip_hbt.data.shards import iter_shard
 from mclip_hbt.languages import XTD_LANGS
 from mclip_hbt.paths import REPO_ROOT
-from mclip_hbt.shards import iter_shard
 
 TRAIN_SAMPLES = 2000
 

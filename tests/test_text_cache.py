@@ -11,7 +11,7 @@ import torch
 from eval import xtd
 from eval.models import _from_mclip, load_retrieval_model
 from eval.text_cache import TextFeatureCache
-from mclip_hbt.model import create_model
+from mclip_hbt.model.clip import create_model
 
 CAPTIONS = ["a red circle", "two blue squares", "ein roter Kreis", "zwei blaue Quadrate", "a red circle"]
 

@@ -29,9 +29,9 @@ from safetensors.torch import load_file
 from data_recipes.from_captions import main as from_captions
 from data_recipes.synth_scenes import generate
 from eval.xtd import main as eval_xtd
-from mclip_hbt.model import MultilingualCLIP, create_model
+from mclip_hbt.model.clip import MultilingualCLIP, create_model
 from mclip_hbt.paths import REPO_ROOT
-from mclip_hbt.trainer import cli_main
+from mclip_hbt.train.loop import cli_main
 
 TRAIN_PY = str(REPO_ROOT / "train.py")
 TINY = str(REPO_ROOT / "configs" / "tiny.yaml")

@@ -11,11 +11,11 @@ import torchvision.transforms as T
 from PIL import Image
 
 from data_recipes.synth_scenes import generate
-from mclip_hbt.data import LoaderConfig
-from mclip_hbt.hybrid import HybridConfig
+from mclip_hbt.data.hybrid import HybridConfig
+from mclip_hbt.data.loader import LoaderConfig
+from mclip_hbt.data.shards import CaptionShardWriter
 from mclip_hbt.options import OptionError, option_fields
-from mclip_hbt.shards import CaptionShardWriter
-from mclip_hbt.train_config import NESTED, TrainConfig, all_options, build_parser, parse_config
+from mclip_hbt.train.config import NESTED, TrainConfig, all_options, build_parser, parse_config
 
 #: A value unlike the default for every option of the batcher, as flags.
 HYBRID_FLAGS = {"alpha": "0.3", "lang_distribution": "temperature", "temperature": "3.5", "languages": "de,en",

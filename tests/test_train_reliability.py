@@ -25,12 +25,12 @@ from PIL import Image
 from test_train import TINY, TRAIN_PY, _env, _train, _train_in_process, accelerate_2cpu
 
 from data_recipes.synth_scenes import generate
-from mclip_hbt import trainer
-from mclip_hbt.data import LoaderConfig, build_loader
+from mclip_hbt.data.loader import LoaderConfig, build_loader
+from mclip_hbt.data.shards import CaptionShardWriter
 from mclip_hbt.fileio import write_json_atomic
 from mclip_hbt.paths import REPO_ROOT
-from mclip_hbt.shards import CaptionShardWriter
-from mclip_hbt.trainer import open_step_log
+from mclip_hbt.train import loop as trainer
+from mclip_hbt.train.step_log import StepLog
 
 # A small local batch keeps every run short: one 16-sample chunk fills two steps.
 SMALL = ["--batch-size", "8", "--workers", "1"]
@@ -161,7 +161,7 @@ def test_a_run_without_usable_data_ends_with_one_message(synth, tmp_path, make_d
 def test_a_fault_once_the_steps_run_keeps_its_traceback(synth, tmp_path):
     # A ValueError raised while training is the program's fault, not a bad option: the traceback and exit
     # status 1 of any uncaught exception, never "train.py: error: ..." with the exit status 2 of a bad flag.
-    inject = ("import sys\nfrom mclip_hbt import trainer\nreal_step = trainer.train_step\n"
+    inject = ("import sys\nfrom mclip_hbt.train import loop as trainer\nreal_step = trainer.train_step\n"
               "def failing_step(*args):\n"
               "    if args[-1].step == 3:\n"
               "        raise ValueError('injected fault at step 3')\n"
@@ -173,6 +173,27 @@ def test_a_fault_once_the_steps_run_keeps_its_traceback(synth, tmp_path):
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "Traceback" in proc.stderr and "ValueError: injected fault at step 3" in proc.stderr
     assert "train.py: error" not in proc.stderr
+
+
+def test_a_fault_while_building_the_model_keeps_its_traceback_and_a_bad_option_does_not(synth, tmp_path, monkeypatch,
+                                                                                       capsys):
+    # Set-up once wrapped every ValueError (from building the model, accelerate's prepare, torch.compile) into a
+    # one-line usage error: a library bug looked like a bad flag and lost its traceback.
+    inject = ("import sys\nfrom mclip_hbt.train import loop as trainer\n"
+              "def broken_create_model(*args, **kwargs):\n"
+              "    raise ValueError('injected fault in model building')\n"
+              "trainer.create_model = broken_create_model\ntrainer.cli_main(sys.argv[1:])\n")
+    proc = subprocess.run([sys.executable, "-c", inject, "--config", TINY, "--report-to", "none", "--train-data",
+                           str(synth), "--output-dir", str(tmp_path / "run"), *SMALL],
+                          env=_env(), capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" in proc.stderr and "ValueError: injected fault in model building" in proc.stderr
+    assert "train.py: error" not in proc.stderr
+
+    err = _refused_in_process(["--train-data", str(synth), "--output-dir", str(tmp_path / "run2"),
+                               "--model-overrides", "{projection: spiral}"], monkeypatch, capsys)
+    assert err.strip().splitlines()[-1].startswith("train.py: error: --model-overrides: unknown projection 'spiral'")
+    assert "Traceback" not in err
 
 
 def test_shards_that_hold_no_samples_are_refused_before_the_model_is_built(tmp_path, monkeypatch, capsys):
@@ -400,8 +421,8 @@ def test_a_truncated_last_step_record_does_not_block_resume(tmp_path):
     log = tmp_path / "steps.jsonl"
     log.write_text("".join(json.dumps({"step": s, "mode": "cross", "loss": 1.0}) + "\n" for s in range(3))
                    + '{"step": 3, "mode": "cr')  # the run was killed mid-line
-    with open_step_log(log, resumed_step=2) as handle:
-        handle.write(json.dumps({"step": 2, "mode": "mono", "loss": 0.5}) + "\n")
+    with StepLog(log, resumed_step=2, enabled=True) as step_log:
+        step_log.write({"step": 2, "mode": "mono"}, torch.tensor(0.5), data_s=0.0)
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [0, 1, 2]
 
 

@@ -25,8 +25,8 @@ from transformers.models.nllb.tokenization_nllb import FAIRSEQ_LANGUAGE_CODES
 
 from data_recipes.translate import NLLB_CODES, language_codes
 from data_recipes.translate import main as translate
+from mclip_hbt.data.shards import CaptionShardWriter, iter_shard
 from mclip_hbt.languages import canonical_lang
-from mclip_hbt.shards import CaptionShardWriter, iter_shard
 
 SPECIAL = ["<s>", "<pad>", "</s>", "<unk>"]
 TINY = dict(d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,

@@ -7,10 +7,11 @@ import sys
 import torch
 from accelerate import Accelerator
 
-from mclip_hbt.loss import ContrastiveLoss
-from mclip_hbt.model import create_model
-from mclip_hbt.train_config import TrainConfig
-from mclip_hbt.trainer import TrainingState, build_optimizer, train_step
+from mclip_hbt.model.clip import create_model
+from mclip_hbt.model.loss import ContrastiveLoss
+from mclip_hbt.train.checkpoints import TrainingState
+from mclip_hbt.train.config import TrainConfig
+from mclip_hbt.train.loop import build_optimizer, train_step
 
 GLOBAL_BATCH = 8
 CAPTIONS = ["ein roter Kreis", "a blue square on the left", "两个绿色的三角形", "une petite étoile jaune",

@@ -6,7 +6,7 @@ from pathlib import Path
 import torchvision.transforms as T
 from accelerate import Accelerator
 
-from mclip_hbt.data import LoaderConfig, build_loader
+from mclip_hbt.data.loader import LoaderConfig, build_loader
 
 
 def main() -> None:

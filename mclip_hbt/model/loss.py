@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from open_clip.loss import ClipLoss, SigLipLoss
 from torch import nn
 
-from .runtime import process_group_rank_world
+from mclip_hbt.runtime import process_group_rank_world
 
 LOSS_KINDS = ("clip", "siglip")
 

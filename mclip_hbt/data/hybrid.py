@@ -35,9 +35,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .languages import parse_lang_list
-from .options import OptionError, option
-from .samples import FaultCounter
+from mclip_hbt.data.samples import FaultCounter
+from mclip_hbt.languages import parse_lang_list
+from mclip_hbt.options import OptionError, option
 
 LANG_DISTRIBUTIONS = ("uniform", "proportional", "temperature")
 STATE_VERSION = 1

@@ -8,8 +8,8 @@ from open_clip.hf_model import ClsPooler, MeanPooler
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BatchEncoding, PreTrainedTokenizerBase
 
-from .bundled import resolve_model_name
-from .hub import load_or_explain
+from mclip_hbt.offline.bundled_e5 import resolve_model_name
+from mclip_hbt.offline.hub import load_or_explain
 
 POOLINGS = ("mean", "cls")
 

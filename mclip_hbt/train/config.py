@@ -17,12 +17,12 @@ from typing import Any
 
 import yaml
 
-from .data import ChunkLoader, LoaderConfig, build_loader
-from .hybrid import HybridBatcher, HybridConfig
-from .loss import LOSS_KINDS
-from .model import CONFIG_NAME, MultilingualCLIPConfig
-from .options import OptionError, check_value, option, option_fields, scalar_type
-from .shard_plan import epoch_length, expand_shards
+from mclip_hbt.data.hybrid import HybridBatcher, HybridConfig
+from mclip_hbt.data.loader import ChunkLoader, LoaderConfig, build_loader
+from mclip_hbt.data.shard_plan import epoch_length, expand_shards
+from mclip_hbt.model.clip import CONFIG_NAME, PRESETS, MultilingualCLIPConfig
+from mclip_hbt.model.loss import LOSS_KINDS
+from mclip_hbt.options import OptionError, check_value, option, option_fields, scalar_type
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 #: Component configs nested in TrainConfig, whose option fields are flags and YAML keys of their own.
@@ -46,8 +46,7 @@ class TrainConfig:
                                      "FLOPs (helps on CPUs; 1 = one pass).")
     grad_checkpointing: bool = option(False, "Recompute activations in the backward pass to save memory.")
     channels_last: bool = option(False, "Keep the image tower's weights and the pixels channels-last (NHWC): faster "
-                                 "convolutions on CPUs and tensor cores (EfficientNet-Lite0's forward and backward "
-                                 "take about a quarter less time on this project's 2-core CPU).")
+                                 "convolutions on CPUs and tensor cores (docs/results.md).")
     compile: bool = option(False, "torch.compile the model (dynamic shapes: captions are padded per batch).")
     # data: train_data, train_data_weights, resampled, samples_per_epoch, workers, chunk_size, shuffle_buffer
     data: LoaderConfig = dataclasses.field(default_factory=LoaderConfig)
@@ -140,6 +139,11 @@ class TrainConfig:
                                                      f"known: {', '.join(sorted(known))}")
             if (Path(self.model) / CONFIG_NAME).is_file():
                 raise OptionError("model_overrides", f"cannot be applied to the saved model {self.model}")
+            if self.model in PRESETS:
+                try:
+                    MultilingualCLIPConfig.from_dict({**PRESETS[self.model], **self.model_overrides})
+                except (TypeError, ValueError) as err:
+                    raise OptionError("model_overrides", str(err)) from None
         if self.benchmark_data is not None and not Path(self.benchmark_data).is_dir():
             raise OptionError("benchmark_data", f"not a folder: {self.benchmark_data}")
         data = self.data

@@ -148,7 +148,7 @@ def epoch_length(shards: Sequence[Shard], *, resampled: bool, samples_per_epoch:
         if missing:
             raise OptionError("train_data", f"no sample count for {missing[0]} ({len(missing)} shards): a "
                                             "non-resampled epoch is planned from sizes.json beside the shards "
-                                            "(mclip_hbt.shards writes it)")
+                                            "(mclip_hbt.data.shards writes it)")
         return None
     if samples_per_epoch is None:
         if missing:

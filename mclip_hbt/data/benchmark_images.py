@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .paths import shared_data_dir
+from mclip_hbt.paths import shared_data_dir
 
 #: The XTD-layout file that names a split's images, line-aligned with its caption files.
 XTD_NAMES_FILE = "test_image_names.txt"

@@ -1,4 +1,4 @@
-"""Reading caption-shard samples (``mclip_hbt.shards`` format): tolerant tar reading, record validation,
+"""Reading caption-shard samples (``mclip_hbt.data.shards`` format): tolerant tar reading, record validation,
 image decoding, and the fault counts every reader keeps (docs/design.md §3).
 
 Faults never stop a reader. Reasons: ``bad_tar`` (unreadable or truncated shard: the complete samples
@@ -21,10 +21,10 @@ import webdataset as wds
 from PIL import Image
 from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
+from mclip_hbt.data.images import ImageError, open_image
+from mclip_hbt.data.shards import IMAGE_EXTS
 from mclip_hbt.fileio import parse_json
-from mclip_hbt.images import ImageError, open_image
 from mclip_hbt.languages import canonical_lang
-from mclip_hbt.shards import IMAGE_EXTS
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def read_tar_samples(url: str, faults: FaultCounter, expected: int | None = None
 
 
 def decode_image(data: bytes, draft_size: int | None = None) -> Image.Image:
-    """Upright 8-bit RGB image (``mclip_hbt.images.open_image``, as the recipes use); raises ``ImageError``."""
+    """Upright 8-bit RGB image (``mclip_hbt.data.images.open_image``, as the recipes use); raises ``ImageError``."""
     return open_image(data, draft_size)
 
 
@@ -186,7 +186,7 @@ def decode_sample(raw: dict, image_transform: Callable, faults: FaultCounter, dr
         pixels = image_transform(image)
     else:
         with torch.random.fork_rng(devices=[]):
-            # the CPU generator only: torch.manual_seed would also seed every accelerator (~100x slower)
+            # the CPU generator only: torch.manual_seed would also seed every accelerator, far slower
             torch.default_generator.manual_seed(zlib.crc32(augment_seed.encode()))
             pixels = image_transform(image)
     return {"key": raw["__key__"], "image": pixels, "captions": record["captions"], "mt": record["mt"]}

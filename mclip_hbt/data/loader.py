@@ -8,7 +8,7 @@ each step's caption language in the main process:
 * workers yield **chunks** (``images``, ``captions``, ``mt``, ``keys``, ``faults``), not batches, and
   every sample keeps all its captions; each chunk carries the fault counts since its worker's previous
   chunk, and a slot's last chunk comes after its stream ends, so no count is lost;
-* epochs are planned (``mclip_hbt.shard_plan``), so every rank yields the same number of chunks.
+* epochs are planned (``mclip_hbt.data.shard_plan``), so every rank yields the same number of chunks.
 
 Resuming: ``ChunkLoader.state_dict()`` is ``{"epoch", "chunks_consumed"}`` (chunks handed to the consumer
 on this rank). ``load_state_dict`` makes the next iteration skip those chunks: the loader delivers a
@@ -34,10 +34,10 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from mclip_hbt.data.samples import FaultCounter, decode_sample, read_tar_samples
+from mclip_hbt.data.shard_plan import EpochPlan, SlotPlan, epoch_length, expand_shards, merge_order, plan_epoch
 from mclip_hbt.options import OptionError, option
 from mclip_hbt.runtime import distributed_rank_world
-from mclip_hbt.samples import FaultCounter, decode_sample, read_tar_samples
-from mclip_hbt.shard_plan import EpochPlan, SlotPlan, epoch_length, expand_shards, merge_order, plan_epoch
 
 logger = logging.getLogger(__name__)
 

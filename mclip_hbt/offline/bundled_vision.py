@@ -23,8 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from mclip_hbt.bundled import BUNDLED_PREFIX, packaged_file
 from mclip_hbt.fileio import build_once
+from mclip_hbt.offline.bundled_e5 import BUNDLED_PREFIX, packaged_file
 from mclip_hbt.paths import cache_dir
 
 EFFICIENTNET_LITE0 = "efficientnet-lite0"

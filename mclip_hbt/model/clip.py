@@ -33,8 +33,10 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import AutoTokenizer, BatchEncoding
 
-from .bundled import BUNDLED_E5, E5_QUERY_PREFIX
-from .bundled_vision import (
+from mclip_hbt.fileio import atomic_directory, parse_json
+from mclip_hbt.model.text_tower import POOLINGS, TextTower
+from mclip_hbt.offline.bundled_e5 import BUNDLED_E5, E5_QUERY_PREFIX
+from mclip_hbt.offline.bundled_vision import (
     BUNDLED_EFFICIENTNET_LITE0,
     IMAGENET_TAG,
     bundled_vision_arch,
@@ -42,10 +44,8 @@ from .bundled_vision import (
     bundled_vision_preprocess,
     trunk_state_dict,
 )
-from .fileio import atomic_directory, parse_json
-from .hf_files import save_tokenizer
-from .hub import ModelUnavailableError, load_or_explain
-from .text_tower import TextTower
+from mclip_hbt.offline.hf_files import save_tokenizer
+from mclip_hbt.offline.hub import ModelUnavailableError, load_or_explain
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -87,6 +87,12 @@ class MultilingualCLIPConfig:
     preprocess: dict = field(default_factory=dict)
     #: The preset the config was made from (with any overrides), so a saved model can say what it is.
     preset: str | None = None
+
+    def __post_init__(self):
+        if self.projection not in PROJECTIONS:
+            raise ValueError(f"unknown projection {self.projection!r}; choose one of {PROJECTIONS}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {self.pooling!r}; choose one of {POOLINGS}")
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "MultilingualCLIPConfig":
@@ -176,8 +182,6 @@ class MultilingualCLIP(nn.Module):
 
     def __init__(self, config: MultilingualCLIPConfig, text: TextTower, *, load_vision_weights: bool = True):
         super().__init__()
-        if config.projection not in PROJECTIONS:
-            raise ValueError(f"unknown projection {config.projection!r}; choose one of {PROJECTIONS}")
         self.config = config
         embed_dim, vision_cfg = resolve_vision_cfg(config)
         self.embed_dim, self.vision_cfg = embed_dim, vision_cfg

@@ -5,7 +5,7 @@ import os
 from collections.abc import Callable
 from typing import TypeVar
 
-from .bundled import BUNDLED_E5
+from mclip_hbt.offline.bundled_e5 import BUNDLED_E5
 
 T = TypeVar("T")
 

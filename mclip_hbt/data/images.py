@@ -1,6 +1,6 @@
 """Open an image the same way everywhere: upright, 8-bit RGB, of bounded size.
 
-Training (``mclip_hbt.samples.decode_image``) and the shard recipes (``data_recipes.images.encode_image``)
+Training (``mclip_hbt.data.samples.decode_image``) and the shard recipes (:func:`encode_image`)
 both call :func:`open_image`, so a picture looks the same in a shard and in a training batch:
 
 * the EXIF orientation is applied (cameras store portraits as landscapes plus an orientation tag);
@@ -101,3 +101,20 @@ class ImageFinder:
                 for filename in sorted(filenames):
                     self._by_name.setdefault(filename, Path(dirpath) / filename)
         return self._by_name.get(Path(name).name)
+
+
+#: Output formats: shard extension → Pillow format name.
+PIL_FORMATS = {"jpg": "JPEG", "webp": "WEBP", "png": "PNG"}
+
+
+def encode_image(path: str | os.PathLike, max_side: int, fmt: str = "jpg", quality: int = 90) -> bytes:
+    """Open an image as training does (:func:`open_image`: upright, 8-bit RGB), shrink its
+    longest side to ``max_side`` (never enlarge; 0 keeps the size) and encode it as ``fmt``. Raises
+    ``ImageError`` on a file that gives no usable image."""
+    img = open_image(path)
+    if max_side and max(img.size) > max_side:
+        img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    options = {"quality": quality} if fmt in ("jpg", "webp") else {}
+    img.save(buf, format=PIL_FORMATS[fmt], **options)
+    return buf.getvalue()

@@ -1,0 +1,102 @@
+"""The report's markdown: per benchmark a table of R@10 by caption language and the multilingual settings
+against α (transposed when wide), its notes and α-gain section, and the table of the batches as drawn."""
+from __future__ import annotations
+
+import math
+import statistics
+
+from .report_data import WIDE_TABLE_LANGUAGES, language_columns
+
+
+def batches_section(batches: dict[float, dict]) -> str:
+    """What the runs' batches held, beside the α they asked for (empty without the trainer's summaries)."""
+    if not batches:
+        return ""
+    groups = list(dict.fromkeys(g for row in batches.values() for g in row["share"]))
+    head = ["α", "runs", "monolingual steps (%)"] + [f"{g}: own-language share (%)" for g in groups]
+    lines = ["### Batches as drawn (rank 0's step log)", "",
+             "A monolingual step in a language on few training samples is topped up with other languages when the "
+             "batcher's buffer holds too few of it; the share columns say how much of such a batch was in its own "
+             "language.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for alpha, row in batches.items():
+        cells = [f"{alpha:g}", str(row["n"]), _cell(row["monolingual_steps"])]
+        cells += [_cell(row["share"].get(g)) for g in groups]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cell(value: tuple[float, float] | None, scale: float = 100.0, digits: int = 1) -> str:
+    if value is None:
+        return "–"
+    mean, std = value
+    return f"{mean * scale:.{digits}f}" + (f" ± {std * scale:.{digits}f}" if std else "")
+
+
+def markdown_table(bench: str, table: dict[float, dict], groups: dict[str, list[str]]) -> str:
+    columns = language_columns(table, groups)
+    if sum(map(len, columns.values())) > WIDE_TABLE_LANGUAGES:
+        return _long_tables(bench, table, columns)
+    head = ["α", "runs"] + [f"{g}: {lang}" for g, langs in columns.items() for lang in langs]
+    head += [f"{g} mean" for g in columns] + ["img→ml mAP", "txt→ml mAP", "rank distance"]
+    lines = [f"### {bench}: text→image R@10 (%) by caption language, multilingual settings",
+             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for alpha, row in table.items():
+        cells = [f"{alpha:g}", str(row["n"])]
+        cells += [_cell(row["t2i_r@10"].get(lang)) for langs in columns.values() for lang in langs]
+        cells += [_cell(row["groups"].get(g)) for g in columns]
+        cells += [_cell(row["image_map"]), _cell(row["text_map"]), _cell(row["rank_distance"], scale=1.0)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def caption_pool_note(table: dict[float, dict]) -> str:
+    """A warning under the table when every run has the same caption-pool mAP and rank distance: then the
+    runs share their caption-to-caption similarities (a frozen text encoder, under a rotation or no
+    head), and those two columns cannot show what α does."""
+    rows = [row for row in table.values() if row["text_map"] and row["rank_distance"]]
+    if sum(row["n"] for row in rows) < 2:
+        return ""
+    keys = ("text_map", "rank_distance")
+    # equal to 1e-5: a rotation keeps the similarities only up to float rounding (~1e-7 here)
+    same = all(row[key][1] <= 1e-5 * abs(row[key][0]) and math.isclose(row[key][0], rows[0][key][0], rel_tol=1e-5)
+               for row in rows for key in keys)
+    if not same:
+        return ""
+    return ("\n\nThe caption-pool mAP and rank distance are the same in every run: the runs rank captions against "
+            "captions identically (a frozen text encoder, e.g. under an orthogonal head), so these two columns "
+            "cannot show an α effect; language bias can move only in the image → caption pool (img→ml mAP).")
+
+
+def _long_tables(bench: str, table: dict[float, dict], columns: dict[str, list[str]]) -> str:
+    """Group means per α, then one row per language (grouped) with a column per α."""
+    head = ["α", "runs"] + [f"{g} ({len(langs)})" for g, langs in columns.items()]
+    head += ["img→ml mAP", "txt→ml mAP", "rank distance"]
+    lines = [f"### {bench}: text→image R@10 (%), group means (languages per group), multilingual settings",
+             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for alpha, row in table.items():
+        cells = [f"{alpha:g}", str(row["n"])] + [_cell(row["groups"].get(g)) for g in columns]
+        cells += [_cell(row["image_map"]), _cell(row["text_map"]), _cell(row["rank_distance"], scale=1.0)]
+        lines.append("| " + " | ".join(cells) + " |")
+    head = ["group", "lang"] + [f"α={alpha:g}" for alpha in table]
+    lines += ["", f"### {bench}: text→image R@10 (%) per language and α", "",
+              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for group, langs in columns.items():
+        for lang in langs:
+            cells = [group, lang] + [_cell(row["t2i_r@10"].get(lang)) for row in table.values()]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def gain_section(bench: str, gain: dict | None, groups: dict[str, list[str]]) -> str:
+    """Markdown lines on the α gain against the untrained encoder's X → en R@1 (empty without a baseline)."""
+    if gain is None:
+        return ""
+    r = "n/a" if gain["pearson_r"] is None else f"{gain['pearson_r']:.2f}"
+    lines = ["", f"R@10 gain from α = 0 to α = {gain['best_alpha']:g} (the best α > 0 over all languages) against the "
+             f"untrained encoder's caption X → English R@1: Pearson r = {r} over {len(gain['points'])} languages.",
+             "", "| group | languages | mean gain (points) |", "|---|---|---|"]
+    for group, langs in groups.items():
+        present = [gain["points"][lang][1] for lang in langs if lang in gain["points"]]
+        if present:
+            lines.append(f"| {group} | {len(present)} | {100 * statistics.fmean(present):+.1f} |")
+    return "\n".join(lines)
