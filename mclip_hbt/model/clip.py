@@ -232,20 +232,29 @@ class MultilingualCLIP(nn.Module):
         return self.text.tokenize(texts)
 
     def encode_text(self, tokens: Mapping[str, torch.Tensor], normalize: bool = True) -> torch.Tensor:
-        features = self.text_projection(self.text(tokens))
+        return self.project_text(self.text(tokens), normalize)
+
+    def project_text(self, pooled: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """The text encoder's pooled output in the shared space."""
+        features = self.text_projection(pooled)
         return F.normalize(features, dim=-1) if normalize else features
 
     def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         features = self.visual(pixels)
         return F.normalize(features, dim=-1) if normalize else features
 
-    def forward(self, pixels: torch.Tensor | None = None, tokens: Mapping[str, torch.Tensor] | None = None) -> dict:
-        """Like open_clip's ``output_dict=True``: normalised features and the exponentiated logit scale."""
+    def forward(self, pixels: torch.Tensor | None = None, tokens: Mapping[str, torch.Tensor] | None = None,
+                return_text_pooled: bool = False) -> dict:
+        """Like open_clip's ``output_dict=True``: normalised features and the exponentiated logit scale; with
+        ``return_text_pooled`` also the text encoder's pooled output (``text_pooled``, before the projection)."""
+        pooled = self.text(tokens) if tokens is not None else None
         out = {
             "image_features": self.encode_image(pixels) if pixels is not None else None,
-            "text_features": self.encode_text(tokens) if tokens is not None else None,
+            "text_features": self.project_text(pooled) if pooled is not None else None,
             "logit_scale": self.logit_scale.exp(),
         }
+        if return_text_pooled:
+            out["text_pooled"] = pooled
         if self.logit_bias is not None:
             out["logit_bias"] = self.logit_bias
         return out

@@ -23,10 +23,11 @@ from mclip_hbt.data.shard_plan import epoch_length, expand_shards
 from mclip_hbt.model.clip import CONFIG_NAME, PRESETS, MultilingualCLIPConfig
 from mclip_hbt.model.loss import LOSS_KINDS
 from mclip_hbt.options import OptionError, check_value, option, option_fields, scalar_type
+from mclip_hbt.train.text_learning import TextLearningConfig
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 #: Component configs nested in TrainConfig, whose option fields are flags and YAML keys of their own.
-NESTED = {"data": LoaderConfig, "hybrid": HybridConfig}
+NESTED = {"data": LoaderConfig, "hybrid": HybridConfig, "text_learning": TextLearningConfig}
 
 
 @dataclass
@@ -53,6 +54,8 @@ class TrainConfig:
     # hybrid batches (docs/design.md §2): alpha, lang_distribution, temperature, languages, max_buffered_samples,
     # fallback_after
     hybrid: HybridConfig = dataclasses.field(default_factory=HybridConfig)
+    # learning without forgetting (mclip_hbt.train.text_learning): text_lr, text_lora_*, text_distill_*
+    text_learning: TextLearningConfig = dataclasses.field(default_factory=TextLearningConfig)
     text_pair_weight: float = option(0.0, "Weight lambda of the text–text InfoNCE between a caption and its "
                                      "translation (0 = off; > 0 also makes the batcher draw the translations).")
     # loss and optimisation
@@ -175,6 +178,9 @@ class TrainConfig:
             raise OptionError("seed", f"must be in [0, 2**32), got {self.seed}")
         if self.text_unlocked_layers < -1:
             raise OptionError("text_unlocked_layers", "must be -1 (train all) or >= 0")
+        if self.text_learning.text_lora_rank and (self.text_unlocked_layers != -1 or self.freeze_word_embeddings):
+            raise OptionError("text_lora_rank", "LoRA trains the adapters only and freezes the rest of the encoder: "
+                                                "leave --text-unlocked-layers at -1 and --freeze-word-embeddings off")
         if self.resume not in ("auto", "none") and not Path(self.resume).is_dir():
             raise OptionError("resume", f"no checkpoint folder at {self.resume}; give 'auto', 'none' or a folder "
                                         "OUTPUT_DIR/checkpoints/step_N")

@@ -53,6 +53,7 @@ from mclip_hbt.train.output import (
     on_main,
 )
 from mclip_hbt.train.step_log import STEP_LOG, StepLog, read_step_log
+from mclip_hbt.train.text_learning import TextTeacher, add_lora, text_encoder_parameters
 
 logger = logging.getLogger("mclip_hbt.train")
 
@@ -78,6 +79,8 @@ def build_model(config: TrainConfig) -> MultilingualCLIP:
             raise OptionError("text_unlocked_layers", str(err)) from None
     if config.freeze_word_embeddings:
         model.freeze_word_embeddings()
+    if config.text_learning.text_lora_rank:
+        add_lora(model.text, config.text_learning)
     model.text.length_groups = config.text_length_groups
     if config.channels_last:
         model.visual.to(memory_format=torch.channels_last)
@@ -88,16 +91,20 @@ def build_model(config: TrainConfig) -> MultilingualCLIP:
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with no weight decay on biases, norms and the logit scale/bias (open_clip's rule: ndim < 2).
+    """AdamW with no weight decay on biases, norms and the logit scale/bias (open_clip's rule: ndim < 2), and the
+    text encoder's weights at ``--text-lr`` when it is given (the scheduler scales every group alike).
 
     Fused on CUDA and on CPU: every AdamW step updates all of XLM-R's 250k embedding rows, and on a CPU the
     fused step does that several times faster than the default (foreach) one (docs/results.md)."""
-    decay, no_decay = [], []
+    text_lr = config.text_learning.text_lr
+    text_ids = text_encoder_parameters(model) if text_lr is not None else set()
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for p in model.parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps,
+            groups.setdefault((id(p) in text_ids, p.ndim >= 2), []).append(p)
+    param_groups = [{"params": params, "weight_decay": config.weight_decay if decay else 0.0,
+                     "lr": text_lr if in_text else config.lr} for (in_text, decay), params in sorted(groups.items())]
+    return torch.optim.AdamW(param_groups, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps,
                              fused=device.type in ("cuda", "cpu"))
 
 
@@ -117,6 +124,7 @@ class Run:
     batcher: HybridBatcher
     sightings: BenchmarkSightings
     loss_fn: ContrastiveLoss
+    teacher: TextTeacher | None = None
     last_saved: int | None = None
 
     def per_rank(self) -> dict[str, object]:
@@ -145,6 +153,9 @@ def set_up(config: TrainConfig, accelerator: Accelerator, output_dir: Path, clea
     resume_from = on_main(accelerator, lambda: claim_output_dir(config, output_dir, world, cleanup))
     check_output_dir_is_shared(output_dir)
     model = unwrapped = build_model(config)
+    # The initial encoder, before any step and before a checkpoint is restored: what the student is kept near.
+    teacher = (TextTeacher(unwrapped.text, config.text_learning).to(accelerator.device)
+               if config.text_learning.text_distill_weight > 0 else None)
     if accelerator.is_main_process:
         logger.info("parameters:\n%s", model.describe_parameters())
     on_main(accelerator, lambda: check_room_for_model(unwrapped, output_dir))
@@ -163,7 +174,7 @@ def set_up(config: TrainConfig, accelerator: Accelerator, output_dir: Path, clea
         logger.warning("%s", sightings.benchmarks.warning())
     run = Run(accelerator, config, output_dir, model, unwrapped, optimizer, scheduler, TrainingState(), loader,
               config.build_batcher(world), sightings,
-              ContrastiveLoss(kind=config.loss, text_pair_weight=config.text_pair_weight))
+              ContrastiveLoss(kind=config.loss, text_pair_weight=config.text_pair_weight), teacher)
     if resume_from is not None:
         load_checkpoint(resume_from, accelerator, unwrapped, optimizer, scheduler, run.state, run.per_rank())
         run.last_saved = run.state.step
@@ -179,8 +190,9 @@ def set_up(config: TrainConfig, accelerator: Accelerator, output_dir: Path, clea
 
 def train_step(model, unwrapped: MultilingualCLIP, batch: dict, loss_fn: ContrastiveLoss,
                optimizer: torch.optim.Optimizer, accelerator: Accelerator, config: TrainConfig,
-               state: TrainingState) -> tuple[dict[str, torch.Tensor], float]:
-    """One optimizer step on one hybrid batch; a non-finite loss skips the update on every rank."""
+               state: TrainingState, teacher: TextTeacher | None = None) -> tuple[dict[str, torch.Tensor], float]:
+    """One optimizer step on one hybrid batch; a non-finite loss skips the update on every rank. With a
+    ``teacher``, the preservation term on every caption of the batch joins the loss (``text_distill``)."""
     captions = list(batch["captions"])
     pair_mask = batch["pair_mask"]
     if config.text_pair_weight > 0:  # translations ride in the same text forward pass (one DDP forward)
@@ -189,7 +201,8 @@ def train_step(model, unwrapped: MultilingualCLIP, batch: dict, loss_fn: Contras
     images = batch["images"].to(accelerator.device, non_blocking=True,
                                 memory_format=torch.channels_last if config.channels_last else torch.preserve_format)
     with accelerator.autocast():
-        out = model(images, tokens)
+        out = model(images, tokens, return_text_pooled=teacher is not None)
+        text_pooled = out.pop("text_pooled", None)
         n = images.shape[0]
         text_features = out["text_features"]
         out["text_features"] = text_features[:n]
@@ -198,6 +211,9 @@ def train_step(model, unwrapped: MultilingualCLIP, batch: dict, loss_fn: Contras
             pair_features = text_features.new_zeros(n, text_features.shape[1]).index_copy(
                 0, pair_mask.nonzero().squeeze(1).to(accelerator.device), text_features[n:])
         losses = loss_fn(**out, pair_features=pair_features, pair_mask=pair_mask.to(accelerator.device))
+        if teacher is not None:
+            losses["text_distill"] = teacher.loss(text_pooled, tokens)
+            losses["loss"] = losses["loss"] + teacher.weight * losses["text_distill"]
     loss = losses["loss"]
     # Every rank must agree on skipping, or DDP's gradient all-reduce would hang.
     finite = (accelerator.reduce(torch.isfinite(loss.detach()).float(), reduction="sum").item()
@@ -244,7 +260,7 @@ def train(config: TrainConfig) -> Path:
             batch, data_s = next_batch(run, batches)
             run.sightings.observe(batch["keys"])
             losses, logit_scale = train_step(run.model, run.unwrapped, batch, run.loss_fn, run.optimizer, accelerator,
-                                             config, state)
+                                             config, state, run.teacher)
             run.scheduler.step()
             step_log.write(batch["record"], losses["loss"], data_s)
             state.step += 1

@@ -17,6 +17,7 @@ from mclip_hbt.fileio import OutputError, atomic_directory, free_bytes, write_js
 from mclip_hbt.model.clip import TRAIN_META_NAME, MultilingualCLIP
 from mclip_hbt.options import OptionError
 from mclip_hbt.train.checkpoints import WRITE_ERRORS, SaveError, checkpoints, first_line
+from mclip_hbt.train.text_learning import merge_lora
 
 LOCK_FILE = "train.lock"
 #: What ``on_main`` hands from the main process to the others: the refusals a user can act on.
@@ -95,6 +96,7 @@ def check_room_for_model(model: MultilingualCLIP, output_dir: Path) -> None:
 
 def export_final_model(model: MultilingualCLIP, final_dir: Path, meta: dict, output_dir: Path) -> None:
     """The final model folder with its train_meta.json, renamed into place whole; SaveError if it cannot be."""
+    merge_lora(model)  # the export is a plain encoder: the run is over, its adapters are not needed apart
     try:
         with atomic_directory(final_dir) as staging:
             model.save_pretrained(staging)
