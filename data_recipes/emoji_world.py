@@ -12,6 +12,9 @@ captioned in every evaluated language and line-aligned:
 - ``OUT/test_seen/``: fresh renders of the concepts that training draws from;
 - ``OUT/test_unseen/``: a fixed held-out set of concepts (``--heldout-fraction``) never drawn in training.
 
+Each split also holds ``classes.json``: its concepts, their names in every evaluated language and the concepts of
+each picture, for zero-shot classification (``eval.zeroshot``).
+
 Evaluated languages are those with at least ``--min-names`` renderable names; both test splits draw
 only emoji named in every evaluated language. The default profile (``--profile default``):
 
@@ -81,6 +84,8 @@ PROFILES: dict[str, dict[str, float]] = {
 DONE_MARKER = "emoji_world.done.json"
 TEST_SPLITS = ("test_seen", "test_unseen")
 LANGUAGES_FILE = "languages.json"
+#: Beside each test split: its concepts, their names per language and each picture's concepts (``class_table``).
+CLASSES_FILE = "classes.json"
 
 
 # --- captions ---------------------------------------------------------------------------------
@@ -162,6 +167,16 @@ def plan_test_split(concepts: tuple[str, ...], count: int, split: str, seed: int
         used.add(caption)
         pictures.append(picture)
     return pictures
+
+
+def class_table(classes: tuple[str, ...], pictures: list[Picture],
+                annotations: dict[str, dict[str, Annotation]]) -> dict:
+    """What zero-shot classification (``eval.zeroshot``) reads beside a test split: its concepts, each one's CLDR
+    name in every evaluated language, and the concepts of each picture (line-aligned with the image names)."""
+    index = {emoji: i for i, emoji in enumerate(classes)}
+    return {"classes": list(classes),
+            "names": {lang: [names[emoji].name for emoji in classes] for lang, names in annotations.items()},
+            "labels": [[index[p.emoji] for p in picture.emoji] for picture in pictures]}
 
 
 class SampleMaker:
@@ -248,6 +263,7 @@ def generate(out_dir: str | Path, *, cldr: str | Path | None = None, font: str |
     test_summaries = {}
     for split, pictures in test_pictures.items():
         write_xtd_split(out / split, itertools.islice(samples, len(pictures)), concepts.evaluated)
+        write_json_atomic(out / split / CLASSES_FILE, class_table(pool_of(concepts, split), pictures, evaluated))
         english = [test_caption(annotations["en"], p, "en") for p in pictures]
         test_summaries[split] = {"num_images": len(pictures), "concepts": len(pool_of(concepts, split)),
                                  "distinct_english_fraction": distinct_fraction(english)}

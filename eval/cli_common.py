@@ -30,22 +30,28 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+def add_common_arguments(parser: argparse.ArgumentParser, retrieval: bool = True) -> None:
+    """The evaluators' options; ``retrieval=False`` leaves out those of the retrieval settings (pools, text-only)."""
     parser.add_argument("--model", default="e5-small-vit-b32",
                         help=f"what to evaluate: {SPEC_FORMS} (default: %(default)s)")
     parser.add_argument("--lang", nargs="+", default=["all"],
                         help="'all' (default) or language codes, space- or comma-separated "
                              "(jp and ja both mean Japanese)")
-    parser.add_argument("--pool-lang", nargs="+", default=["all"],
-                        help="languages of the multilingual pools and the targets of the cross-lingual matrix: "
-                             "'all' (default: every --lang) or some of the --lang codes; their cost grows with "
-                             "the square of their number (100 languages make 100,000-caption pools), so a run "
-                             "over many languages can score every language alone and pool a subset")
-    parser.add_argument("--text-only", action="store_true",
-                        help="only the settings that need no images (cross-lingual matrix, multilingual caption pool)")
+    if retrieval:
+        parser.add_argument("--pool-lang", nargs="+", default=["all"],
+                            help="languages of the multilingual pools and the targets of the cross-lingual matrix: "
+                                 "'all' (default: every --lang) or some of the --lang codes; their cost grows with "
+                                 "the square of their number (100 languages make 100,000-caption pools), so a run "
+                                 "over many languages can score every language alone and pool a subset")
+        parser.add_argument("--text-only", action="store_true",
+                            help="only the settings that need no images (cross-lingual matrix, multilingual caption "
+                                 "pool)")
+    else:
+        parser.set_defaults(pool_lang=["all"], text_only=False)
     parser.add_argument("--translate-test", action="store_true",
-                        help="score every language with the aligned English captions (perfect translate-test "
-                             "upper bound for an English CLIP); image-text settings only")
+                        help="score every language with the English text (the aligned English captions, or the "
+                             "English names): the perfect translate-test upper bound for an English CLIP; "
+                             "image-text settings only")
     parser.add_argument("--device", default=default_device(),
                         help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--batch-size", type=int, default=256, help="captions per text batch (default: %(default)s)")
@@ -138,7 +144,9 @@ def load_model_or_exit(parser: argparse.ArgumentParser, args: argparse.Namespace
     except ModelUnavailableError as e:
         parser.error(f"--model: {e}")
     if not model.supports_images and not args.text_only:
-        parser.error(f"--model {args.model} encodes text only; add --text-only")
+        has_text_only = any(action.dest == "text_only" for action in parser._actions)
+        parser.error(f"--model {args.model} encodes text only; "
+                     + ("add --text-only" if has_text_only else "give a model with an image tower"))
     return model
 
 

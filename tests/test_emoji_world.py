@@ -176,6 +176,21 @@ def test_splits_are_line_aligned_in_every_evaluated_language(world):
         assert image.size == (64, 64) and image.mode == "RGB"
 
 
+def test_each_split_names_its_classes_and_the_classes_of_each_picture(world, annotations):
+    out, _ = world
+    for split in ew.TEST_SPLITS:
+        table = json.loads((out / split / ew.CLASSES_FILE).read_text(encoding="utf-8"))
+        captions = {lang: (out / split / f"test_1kcaptions_{lang}.txt").read_text(encoding="utf-8").splitlines()
+                    for lang in ("en", "de", "yo")}
+        assert len(table["labels"]) == 200 and len(set(table["classes"])) == len(table["classes"])
+        for lang in captions:
+            assert table["names"][lang] == [annotations[lang][e].name for e in table["classes"]]
+            for picture, caption in zip(table["labels"], captions[lang]):  # the caption names its classes, in order
+                assert caption == ew.join_names([table["names"][lang][c] for c in picture], lang)
+        single = sum(len(picture) == 1 for picture in table["labels"])
+        assert 0.3 * 200 < single < 0.7 * 200  # about half the pictures show one emoji (EMOJI_COUNT_WEIGHTS)
+
+
 def test_languages_file_reports_groups_and_pretraining(world):
     out, _ = world
     rows = {row["lang"]: row for row in json.loads((out / ew.LANGUAGES_FILE).read_text(encoding="utf-8"))["languages"]}
