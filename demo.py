@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -41,6 +42,7 @@ from data_recipes import emoji_world, synth_scenes
 from data_recipes.worlds import SettingsMismatch
 from eval.report_data import groups_from_world
 from mclip_hbt.data.hybrid import HybridConfig
+from mclip_hbt.fileio import write_json_atomic
 from mclip_hbt.languages import XTD_LANGS, parse_lang_list
 from mclip_hbt.offline.bundled_e5 import BUNDLED_E5, bundled_model_path
 from mclip_hbt.options import OptionError
@@ -50,6 +52,8 @@ from mclip_hbt.paths import REPO_ROOT, shared_data_dir
 @dataclass(frozen=True)
 class World:
     config: Path
+    #: the same world with a text encoder that learns (``--setting text``); None where there is none
+    text_config: Path | None
     #: benchmark name → test split folder under the world's data folder
     splits: dict[str, str]
     #: steps of `demo.py run` when --steps is not given (None: the config's, which every sweep run trains)
@@ -61,14 +65,17 @@ WORLDS = {
     # languages at R@10 0.48 on test_seen (seeds 0-2: 0.476 ± 0.002), under the demo's 0.5 bar; 300 steps gave 0.59
     # (seed 0), where a higher lr (3e-3) at 200 steps gave 0.46.
     "emoji": World(REPO_ROOT / "configs" / "e5-small-effnet-lite0-emoji.yaml",
+                   REPO_ROOT / "configs" / "e5-small-effnet-lite0-emoji-text.yaml",
                    {"emoji_seen": "test_seen", "emoji_unseen": "test_unseen"}, demo_steps=300),
-    "synth": World(REPO_ROOT / "configs" / "e5-small-synth.yaml", {"synth_scenes": "test"}),
+    "synth": World(REPO_ROOT / "configs" / "e5-small-synth.yaml", None, {"synth_scenes": "test"}),
 }
 #: What `demo.py run` scores beside every high-resource language (the accuracy bar is on them): the first
 #: five low-resource ones of the profile, and four unseen, two inside the encoder's pre-training (ha with
 #: 0.3 GiB of CC-100) and two outside it. 19 languages, not all 104, so that a fresh clone's demo fits in
 #: 20 minutes on 2 cores: encoding each language's test captions is most of its evaluation (docs/results.md).
 DEMO_LOW = emoji_world.LOW_RESOURCE[:5]
+#: What a run folder was trained with (config, data, alpha, seed, steps, extra train.py options).
+DEMO_SETTINGS = "demo_settings.json"
 DEMO_UNSEEN = ("hi", "ha", "yo", "zu")
 
 
@@ -96,17 +103,30 @@ def stage_inputs(out: Path, world: str, train_samples: int) -> Path:
 
 
 def stage_train(run_dir: Path, data_dir: Path, config: Path, alpha: float, seed: int, steps: int | None,
-                log: Path | None = None) -> Path:
+                train_args: list[str], log: Path | None = None) -> Path:
+    """Train one run into ``run_dir``; a run already there is kept (or resumed) only when it was asked for with the
+    same settings, which ``run_dir/demo_settings.json`` records, and refused otherwise."""
     model_dir = run_dir / "model"
+    settings = {"config": str(config), "train_data": str(data_dir / "train"), "alpha": alpha, "seed": seed,
+                "steps": steps, "train_args": train_args}
+    record = run_dir / DEMO_SETTINGS
+    if record.is_file() and _load(record) != settings:
+        raise SystemExit(f"demo.py: error: {run_dir} holds a run made with other settings ({_load(record)}, not "
+                         f"{settings}); choose another --out, or delete {run_dir} to train it again")
     if (model_dir / "config.json").is_file():
-        print(f"[demo] {model_dir} exists, training skipped", flush=True)
+        if not record.is_file():
+            raise SystemExit(f"demo.py: error: {run_dir} holds a model that demo.py did not record the settings of; "
+                             "choose another --out, or delete it to train again")
+        print(f"[demo] {model_dir} exists with these settings, training skipped", flush=True)
         return model_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(record, settings)
     cmd = [sys.executable, str(REPO_ROOT / "train.py"), "--config", str(config), "--train-data",
            str(data_dir / "train"), "--alpha", str(alpha), "--seed", str(seed), "--output-dir", str(run_dir),
            "--resume", "auto"]
     if steps is not None:
         cmd += ["--max-steps", str(steps)]
-    run(cmd, log)
+    run(cmd + train_args, log)
     return model_dir
 
 
@@ -162,10 +182,26 @@ def evaluate_run(run_dir: Path, model_dir: Path, data_dir: Path, world: str, lan
                                  pool=pool, captions=data_dir / split, images=data_dir / split / "images",
                                  dataset=bench, log=log)
                for i, (bench, split) in enumerate(splits)}
+    if world == "emoji":  # zero-shot classification among each language's concept names, on the same splits
+        for i, (bench, split) in enumerate(splits):
+            results[f"zeroshot_{bench}"] = stage_zeroshot(
+                str(model_dir), run_dir / "eval" / f"zeroshot_{bench}.json",
+                langs if i == 0 or other_split_langs is None else other_split_langs, data_dir / split, text_cache, log)
     if real_xtd:
         results["xtd10_text"] = stage_eval(str(model_dir), run_dir / "eval" / "xtd10_text.json", list(XTD_LANGS),
-                                           text_cache)
+                                           text_cache, log=log)
     return results
+
+
+def stage_zeroshot(model: str, out: Path, langs: list[str], split: Path, text_cache: Path,
+                   log: Path | None = None) -> Path:
+    """``eval.zeroshot`` on ``langs``; an existing result is kept when it scored exactly those."""
+    if out.is_file() and _load(out).get("meta", {}).get("languages") == langs:
+        print(f"[demo] {out} exists, zero-shot classification skipped", flush=True)
+        return out
+    run([sys.executable, "-m", "eval.zeroshot", "--lang", ",".join(langs), "--model", model, "--split", str(split),
+         "--out", str(out), "--text-cache", str(text_cache)], log)
+    return out
 
 
 def untrained_baselines(out: Path, data_dir: Path, world: str, langs: list[str], text_cache: Path,
@@ -204,14 +240,17 @@ def report_group_args(world: str, data_dir: Path) -> list[str]:
 def print_table(results: dict[str, dict], baselines: dict[str, dict], groups: dict[str, list[str]]) -> str:
     """Per-language rows and group means (with the number of languages) on every test split, the
     untrained encoder's caption X → English R@1 beside them when given, and the real-XTD10 check."""
-    benches = [b for b in results if b != "xtd10_text"]
+    benches = [b for b in results if b != "xtd10_text" and not b.startswith("zeroshot_")]
     first = benches[0]
     monos = {b: results[b]["summary"]["monolingual"] for b in benches}
+    zeroshot = results.get(f"zeroshot_{first}", {}).get("summary", {}).get("zeroshot_classification", {})
     base_r1 = baselines.get(first, {}).get("summary", {}).get("crosslingual", {}).get("r@1", {})
     header = f"{'group':<34}{'lang':<7}" + "".join(f"{b + ' R@10':>19}" for b in benches)
-    header += f"{first + ' R@1':>18}" + (f"{'untrained X→en':>16}" if base_r1 else "")
-    lines = ["text→image retrieval over 1000 test images per split (chance R@10 = 0.01); group rows are means "
-             "over their (n) languages", header, "-" * len(header)]
+    header += f"{first + ' R@1':>18}" + (f"{'zero-shot top-1':>17}" if zeroshot else "")
+    header += f"{'untrained X→en':>16}" if base_r1 else ""
+    lines = ["text→image retrieval over 1000 test images per split (chance R@10 = 0.01); zero-shot top-1: each "
+             "one-emoji picture among all the split's concept names; group rows are means over their (n) languages",
+             header, "-" * len(header)]
     for group, members in groups.items():
         langs = [lang for lang in members if lang in monos[first]]
         if not langs:
@@ -219,10 +258,14 @@ def print_table(results: dict[str, dict], baselines: dict[str, dict], groups: di
         for lang in langs:
             row = f"{group:<34}{lang:<7}" + "".join(f"{monos[b][lang]['t2i_r@10']:>19.3f}" for b in benches)
             row += f"{monos[first][lang]['t2i_r@1']:>18.3f}"
+            if zeroshot:
+                row += f"{zeroshot[lang]['acc1']:>17.3f}" if lang in zeroshot else f"{'':>17}"
             if base_r1:
                 row += f"{base_r1[lang]['en']:>16.3f}" if lang != "en" and lang in base_r1 else f"{'':>16}"
             lines.append(row)
         means = "".join(f"{statistics.fmean(monos[b][lang]['t2i_r@10'] for lang in langs):>19.3f}" for b in benches)
+        if zeroshot and all(lang in zeroshot for lang in langs):
+            means += f"{'':>18}{statistics.fmean(zeroshot[lang]['acc1'] for lang in langs):>17.3f}"
         lines.append(f"{group + ' (' + str(len(langs)) + ')':<34}{'mean':<7}{means}")
         lines.append("")
     for b in benches:
@@ -250,8 +293,8 @@ def demo(args: argparse.Namespace, data_dir: Path) -> None:
     text_cache = out.parent / "cache" / "text_features"
     langs = world_languages(data_dir, world, args.eval_languages)
     real_xtd = (shared_data_dir() / "xtd10").is_dir()
-    model_dir = stage_train(out, data_dir, WORLDS[world].config, args.alpha, args.seed,
-                            args.steps or WORLDS[world].demo_steps)
+    model_dir = stage_train(out, data_dir, setting_config(args), args.alpha, args.seed,
+                            args.steps or WORLDS[world].demo_steps, args.train_args)
     results = evaluate_run(out, model_dir, data_dir, world, langs, text_cache, real_xtd)
     baselines = untrained_baselines(out, data_dir, world, langs, text_cache, real_xtd, world_splits=False)
     run([sys.executable, "-m", "eval.report", str(out / "eval"), "--out", str(out / "report"),
@@ -260,6 +303,12 @@ def demo(args: argparse.Namespace, data_dir: Path) -> None:
                         group_table(world, data_dir))
     (out / "results_table.txt").write_text(table + "\n")
     print(f"[demo] model: {model_dir}\n[demo] report: {out / 'report' / 'report.md'}", flush=True)
+
+
+def setting_config(args: argparse.Namespace) -> Path:
+    """The training config of ``--setting``: the frozen encoder, or the one that learns."""
+    world = WORLDS[args.world]
+    return world.text_config if args.setting == "text" else world.config
 
 
 def _load(path: Path) -> dict:
@@ -272,8 +321,10 @@ def sweep(args: argparse.Namespace, data_dir: Path) -> None:
     langs = world_languages(data_dir, world, args.eval_languages)
     # Every language scored alone; the pools (whose cost grows with the square of their size) hold the demo's.
     pool = [lang for lang in world_languages(data_dir, world, "demo") if lang in langs]
-    # The untrained encoder first, with every core: it fills the text cache, which the runs then only read.
-    baselines = untrained_baselines(out, data_dir, world, langs, text_cache, real_xtd=False, world_splits=True,
+    # Each run's real-text retrieval against the untrained encoder's (a frozen encoder reads it from the cache).
+    real_xtd = (shared_data_dir() / "xtd10").is_dir()
+    # The untrained encoder first, with every core: it fills the text cache, which the frozen runs then only read.
+    baselines = untrained_baselines(out, data_dir, world, langs, text_cache, real_xtd=real_xtd, world_splits=True,
                                     pool=pool)
     # Seed-major, so that a sweep stopped early holds whole alpha curves.
     todo = [(alpha, seed) for seed in args.seeds for alpha in args.alphas]
@@ -283,10 +334,11 @@ def sweep(args: argparse.Namespace, data_dir: Path) -> None:
     def train_and_evaluate(alpha: float, seed: int) -> None:
         run_dir = out / f"alpha{alpha:g}_seed{seed}"
         log = run_dir / "sweep.log" if args.jobs > 1 else None
-        model_dir = stage_train(run_dir, data_dir, WORLDS[world].config, alpha, seed, args.steps, log)
+        model_dir = stage_train(run_dir, data_dir, setting_config(args), alpha, seed, args.steps, args.train_args,
+                                log)
         # The seen-concept split in every language; the unseen-concept one in the pooled languages only: at
         # 104 languages each split's cross-lingual matrix is a large part of a run (docs/results.md).
-        evaluate_run(run_dir, model_dir, data_dir, world, langs, text_cache, real_xtd=False, pool=pool, log=log,
+        evaluate_run(run_dir, model_dir, data_dir, world, langs, text_cache, real_xtd=real_xtd, pool=pool, log=log,
                      other_split_langs=pool)
 
     failed = []
@@ -343,6 +395,20 @@ def _ints(text: str) -> list[int]:
     return values
 
 
+def _train_args(text: str) -> list[str]:
+    """train.py options, checked by train.py's own parser now rather than minutes later in a run."""
+    from mclip_hbt.train.config import build_parser as train_parser
+
+    args = shlex.split(text)
+    try:
+        _, unknown = train_parser().parse_known_args(args)
+    except SystemExit:
+        raise argparse.ArgumentTypeError(f"train.py refuses {text!r} (its message is above)") from None
+    if unknown:
+        raise argparse.ArgumentTypeError(f"not train.py options: {' '.join(unknown)}")
+    return args
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -370,6 +436,14 @@ def build_parser() -> argparse.ArgumentParser:
                             "pools the demo languages (multilingual pools, cross-lingual targets)")
         p.add_argument("--steps", type=_positive_int, default=None,
                        help="optimizer steps per run (default: the config's; `run` on the emoji world: 300)")
+        p.add_argument("--setting", choices=("frozen", "text"), default="frozen",
+                       help="frozen: the text encoder frozen under a rotation (configs/e5-small-effnet-lite0-emoji"
+                            ".yaml); text: its top blocks learn, kept near the frozen encoder "
+                            "(configs/e5-small-effnet-lite0-emoji-text.yaml), and every run is also scored on the "
+                            "real XTD10 captions against the untrained encoder")
+        p.add_argument("--train-args", type=_train_args, default=[],
+                       help="extra train.py options for every run, as one string, e.g. "
+                            "'--text-lora-rank 8 --text-distill-weight 0.5' (recorded with the run)")
         if name == "run":
             p.add_argument("--alpha", type=_alpha, default=0.5, help="probability of a monolingual step")
             p.add_argument("--seed", type=int, default=0, help="training seed")
@@ -388,6 +462,8 @@ def main(argv: list[str] | None = None) -> None:
         argv = ["run", *argv]
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.setting == "text" and WORLDS[args.world].text_config is None:
+        parser.error(f"--setting text: the {args.world} world has no text-learning config; use --world emoji")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         data_dir = stage_inputs(args.out, args.world, args.train_samples)

@@ -24,6 +24,7 @@ from mclip_hbt.fileio import OutputError, check_output_dir, write_json_atomic, w
 
 from .report_data import (
     aggregate,
+    aggregate_zeroshot,
     baseline_recall,
     batches_by_alpha,
     find_result_files,
@@ -36,7 +37,7 @@ from .report_data import (
     read_result_document,
 )
 from .report_plots import write_plots
-from .report_tables import batches_section, caption_pool_note, gain_section, markdown_table
+from .report_tables import batches_section, caption_pool_note, gain_section, markdown_table, zeroshot_section
 from .results import save_output
 
 
@@ -101,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
              if bench in baselines}
     sections = [markdown_table(bench, table, groups) + caption_pool_note(table)
                 + gain_section(bench, gains.get(bench), groups) for bench, table in tables.items()]
+    zeroshot = aggregate_zeroshot(runs, groups)
+    sections += [zeroshot_section(bench, table) for bench, table in zeroshot.items()]
     batches = batches_by_alpha(runs, groups)
     report = "\n\n".join(sections + ([batches_section(batches)] if batches else [])) + "\n"
     print(report)
@@ -111,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                            lambda: write_json_atomic(args.out / "report.json", {
                                "groups": groups, "inputs": [str(r.path) for r in runs], "gain_vs_untrained": gains,
                                "batches": {str(a): row for a, row in batches.items()},
-                               "benchmarks": {b: {str(a): row for a, row in t.items()} for b, t in tables.items()}})),
+                               "benchmarks": {b: {str(a): row for a, row in t.items()} for b, t in tables.items()},
+                               "zeroshot": {b: {str(a): row for a, row in t.items()} for b, t in zeroshot.items()}})),
                save_output(parser.prog, "plots", args.out,
                            lambda: [write_plots(bench, table, groups, args.out, gains.get(bench))
                                            for bench, table in tables.items()])]

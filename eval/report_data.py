@@ -19,6 +19,7 @@ class RunResult:
     seed: int | None
     summaries: dict[str, dict]  # benchmark (part) → summary
     batches: dict | None = None  # the batches it drew (mclip_hbt.data.hybrid.summarize_records)
+    zeroshot: dict[str, dict] | None = None  # benchmark → language → eval.zeroshot's scores
 
 
 def groups_from_world(path: Path) -> dict[str, list[str]]:
@@ -145,8 +146,23 @@ def load_run(file: Path, labels: dict[Path, str]) -> RunResult:
     else:
         raise ValueError(f"{file} names no α (no meta.train); give --label {file} alpha=A,seed=S")
     batches = train.get("batches") if isinstance(train, dict) else None
-    return RunResult(file, alpha, seed, summaries_by_benchmark(doc, file),
-                     batches if isinstance(batches, dict) else None)
+    batches = batches if isinstance(batches, dict) else None
+    summary = doc["summary"]
+    if isinstance(summary, dict) and "zeroshot_classification" in summary:
+        bench = str(doc["meta"].get("benchmark"))
+        return RunResult(file, alpha, seed, {}, batches,
+                         {bench: check_zeroshot(summary["zeroshot_classification"], f"{file}: summary")})
+    return RunResult(file, alpha, seed, summaries_by_benchmark(doc, file), batches)
+
+
+def check_zeroshot(scores: object, where: str) -> dict:
+    """eval.zeroshot's per-language scores, checked for the accuracy the report reads."""
+    if not isinstance(scores, dict):
+        raise ValueError(f"{where}.zeroshot_classification is {scores!r}, not an object")
+    for lang, metrics in scores.items():
+        _number(metrics.get("acc1") if isinstance(metrics, dict) else None,
+                f"{where}.zeroshot_classification.{lang}.acc1")
+    return scores
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -184,6 +200,22 @@ def aggregate(runs: list[RunResult], groups: dict[str, list[str]]) -> dict[str, 
                 row[key] = _mean_std(s[key]) if s[key] else None
             out[bench][alpha] = row
     return out
+
+
+def aggregate_zeroshot(runs: list[RunResult], groups: dict[str, list[str]]) -> dict[str, dict[float, dict]]:
+    """benchmark → α → {"n": runs, "groups": {group: (mean, std) of the group's mean top-1 accuracy}}."""
+    samples: dict[str, dict[float, dict[str, list[float]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list)))
+    for run in runs:
+        for bench, scores in (run.zeroshot or {}).items():
+            s = samples[bench][run.alpha]
+            s["n"].append(1.0)
+            for group, langs in {**groups, "all": list(scores)}.items():
+                present = [scores[lang]["acc1"] for lang in langs if lang in scores]
+                if present:
+                    s[group].append(statistics.fmean(present))
+    return {bench: {alpha: {"n": len(s.pop("n")), "groups": {g: _mean_std(v) for g, v in s.items()}}
+                    for alpha, s in sorted(by_alpha.items())} for bench, by_alpha in samples.items()}
 
 
 def batches_by_alpha(runs: list[RunResult], groups: dict[str, list[str]]) -> dict[float, dict]:

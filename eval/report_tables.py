@@ -25,6 +25,20 @@ def batches_section(batches: dict[float, dict]) -> str:
     return "\n".join(lines)
 
 
+def zeroshot_section(bench: str, table: dict[float, dict]) -> str:
+    """Zero-shot classification (eval.zeroshot) against α: mean top-1 accuracy per language group."""
+    groups = list(dict.fromkeys(g for row in table.values() for g in row["groups"]))
+    head = ["α", "runs"] + [f"{g}" for g in groups]
+    lines = [f"### {bench}: zero-shot classification, top-1 accuracy (%) by language group", "",
+             "Each one-emoji test picture classified among the names of all the split's concepts in a language; "
+             "group cells are means over the group's languages.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for alpha, row in table.items():
+        lines.append("| " + " | ".join([f"{alpha:g}", str(row["n"])] + [_cell(row["groups"].get(g)) for g in groups])
+                     + " |")
+    return "\n".join(lines)
+
+
 def _cell(value: tuple[float, float] | None, scale: float = 100.0, digits: int = 1) -> str:
     if value is None:
         return "–"

@@ -31,6 +31,7 @@ from .cli_common import (
     check_common_arguments,
     load_model_or_exit,
     parse_languages,
+    train_meta,
     write_outputs,
 )
 from .metrics import NonFiniteEmbeddingsError, check_finite
@@ -149,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
             "unreadable_images": [str(p) for p in unreadable], "translate_test": bool(args.translate_test),
             "prompts": "class names only (CLDR gives no templates)", "device": str(args.device),
             "seconds": round(time.perf_counter() - started, 2)}
+    train = train_meta(model)
+    if train is not None:  # what eval.report reads a run's alpha and seed from
+        meta["train"] = train
     print(f"{dataset} zero-shot classification — {args.model}: {len(image_paths)} one-emoji pictures, "
           f"{len(classes)} classes (chance top-1 {100 / len(classes):.2f} %)")
     print(f"{'lang':<8}{'top-1':>8}{'top-5':>8}{'per-class':>11}")

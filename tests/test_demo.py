@@ -54,6 +54,9 @@ def files_under(folder):
     (["run", "--steps", "0"], "--steps"),  # refused, not silently replaced by the config's step count
     (["run", "--world", "flat"], "--world"),
     (["run", "--eval-languages", "sw,xx"], "--eval-languages"),
+    (["run", "--world", "synth", "--setting", "text"], "--setting text"),
+    (["sweep", "--train-args", "--bogus 1"], "--train-args: not train.py options: --bogus 1"),
+    (["sweep", "--train-args", "--text-lora-rank x"], "--train-args: train.py refuses"),
 ])
 def test_bad_values_are_refused(demo_main, tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -121,8 +124,37 @@ def test_a_sweep_with_parallel_jobs_trains_then_evaluates_every_run(demo_module,
     assert set(trained[:2]) == {"alpha0_seed0", "alpha1_seed0"}  # seed-major: whole alpha curves first
     for name in ("alpha0_seed0", "alpha0_seed1", "alpha1_seed0"):
         run_calls = [(cmd, log) for cmd, log in calls if str(out / name) in " ".join(cmd)]
-        assert [cmd[1].endswith("train.py") for cmd, _ in run_calls] == [True, False]  # trained, then evaluated
+        trains = [cmd[1].endswith("train.py") for cmd, _ in run_calls]
+        assert trains[0] and len(trains) > 1 and not any(trains[1:])  # trained, then evaluated
         assert {log for _, log in run_calls} == {out / name / "sweep.log"}
         evaluation = run_calls[1][0]
         assert evaluation[evaluation.index("--pool-lang") + 1] == evaluation[evaluation.index("--lang") + 1]
     assert not any(str(out / "alpha1_seed1" / "eval") in " ".join(cmd) for cmd, _ in calls)
+
+
+def test_a_run_folder_made_with_other_settings_is_refused_not_reported_as_new(demo_module, demo_synth_data, tmp_path,
+                                                                              capsys, monkeypatch):
+    # A second `demo.py run` with another --alpha once said "training skipped" and printed the old model's table.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    trained = []
+
+    def fake_training(cmd, log=None):
+        if cmd[1].endswith("train.py"):
+            trained.append(cmd)
+            model = Path(cmd[cmd.index("--output-dir") + 1]) / "model"
+            model.mkdir(parents=True)
+            (model / "config.json").write_text("{}")
+        else:
+            raise RuntimeError("evaluation reached")  # stop here: this test is about the training stage
+
+    monkeypatch.setattr(demo_module, "run", fake_training)
+    shutil.copytree(demo_synth_data, tmp_path / "data" / "synth")
+    common = ["run", "--world", "synth", "--train-samples", "20", "--out", str(tmp_path / "demo")]
+    with pytest.raises(RuntimeError, match="evaluation reached"):
+        demo_module.main([*common, "--alpha", "0.5"])
+    with pytest.raises(RuntimeError, match="evaluation reached"):  # the same settings: kept, not trained again
+        demo_module.main([*common, "--alpha", "0.5"])
+    assert len(trained) == 1 and "training skipped" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        demo_module.main([*common, "--alpha", "0"])
+    assert "holds a run made with other settings" in str(exit_info.value.code) and len(trained) == 1

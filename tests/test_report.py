@@ -173,3 +173,26 @@ def test_the_gain_compares_alpha_zero_with_the_best_other_alpha_even_when_zero_i
     best, gains = report_data.alpha_gain(table)
     assert best == 0.5  # α = 0 has the best mean, but a gain against itself would be zero everywhere
     assert gains == pytest.approx({"en": -0.05, "sw": 0.02})
+
+
+def test_zero_shot_results_get_a_table_of_their_own_per_alpha_and_group(tmp_path):
+    # An alpha sweep's run folders hold eval.xtd and eval.zeroshot results side by side; the report reads both.
+    for alpha, seed, acc in ((0.0, 0, 0.40), (0.0, 1, 0.50), (1.0, 0, 0.20)):
+        run = tmp_path / f"alpha{alpha:g}_seed{seed}" / "eval"
+        run.mkdir(parents=True)
+        train = {"alpha": alpha, "seed": seed}
+        (run / "emoji_seen.json").write_text(json.dumps({**result_doc({"en": 0.5, "yo": 0.2}, 0.1, 50.0),
+                                                         "meta": {"benchmark": "emoji_seen", "train": train}}))
+        scores = {"en": {"acc1": acc, "acc5": 0.9, "mean_per_class_recall": acc},
+                  "yo": {"acc1": acc / 2, "acc5": 0.5, "mean_per_class_recall": acc / 2}}
+        (run / "zeroshot_emoji_seen.json").write_text(json.dumps({
+            "results": [], "summary": {"zeroshot_classification": scores},
+            "meta": {"benchmark": "emoji_seen", "task": "zeroshot_classification", "train": train}}))
+    assert report.main([str(tmp_path), "--out", str(tmp_path / "r"), "--groups", "high=en;unseen=yo"]) == 0
+    data = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert data["zeroshot"]["emoji_seen"]["0.0"]["n"] == 2
+    assert data["zeroshot"]["emoji_seen"]["0.0"]["groups"]["high"][0] == pytest.approx(0.45)
+    assert data["zeroshot"]["emoji_seen"]["1.0"]["groups"]["unseen"][0] == pytest.approx(0.10)
+    assert data["benchmarks"]["emoji_seen"]["0.0"]["n"] == 2  # the retrieval rows are unchanged by them
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert "emoji_seen: zero-shot classification, top-1 accuracy" in text and "| 0 | 2 | 45.0 ± 7.1 |" in text
