@@ -42,7 +42,7 @@ from data_recipes import emoji_world, synth_scenes
 from data_recipes.worlds import SettingsMismatch
 from eval.report_data import groups_from_world
 from mclip_hbt.data.hybrid import HybridConfig
-from mclip_hbt.fileio import write_json_atomic
+from mclip_hbt.fileio import OutputError, write_json_atomic
 from mclip_hbt.languages import XTD_LANGS, parse_lang_list
 from mclip_hbt.offline.bundled_e5 import BUNDLED_E5, bundled_model_path
 from mclip_hbt.options import OptionError
@@ -462,11 +462,15 @@ def main(argv: list[str] | None = None) -> None:
         argv = ["run", *argv]
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.out.exists() and not args.out.is_dir():  # the data goes beside it: OUT/../data
+        parser.error(f"--out: {args.out} is a file; name a folder (its data goes beside it, in data/)")
     if args.setting == "text" and WORLDS[args.world].text_config is None:
         parser.error(f"--setting text: the {args.world} world has no text-learning config; use --world emoji")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         data_dir = stage_inputs(args.out, args.world, args.train_samples)
+    except OutputError as err:  # the user's own files where the data goes: refused, before anything is written
+        parser.error(str(err))
     except SettingsMismatch as err:  # raised before anything is written
         parser.error(f"--train-samples: {err.out} holds the demo's {args.world} data, made with other settings "
                      f"({err.listed}); pass the --train-samples it was made with to use it, or delete that folder "

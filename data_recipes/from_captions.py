@@ -33,8 +33,8 @@ from tqdm import tqdm
 from mclip_hbt.data.benchmark_images import BenchmarkImages, read_benchmark_images
 from mclip_hbt.data.caption_files import CaptionFileError, read_aligned_captions
 from mclip_hbt.data.images import PIL_FORMATS, ImageFinder, encode_image
-from mclip_hbt.data.shards import CaptionShardWriter
-from mclip_hbt.fileio import OutputError, check_output_dir, parse_json, write_text_atomic
+from mclip_hbt.data.shards import CaptionShardWriter, is_shard_folder
+from mclip_hbt.fileio import OutputError, check_output_dir, check_replaceable, parse_json, write_text_atomic
 from mclip_hbt.languages import canonical_lang, parse_lang_list
 
 #: One input sample: image name, captions per language, machine-translated languages.
@@ -225,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image folder; names are looked up as relative paths, then by file name anywhere below")
     p.add_argument("--out", required=True,
                    help="output folder for the shards, sizes.json, dataset.json and skipped.jsonl")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into --out even though it holds files that are not a shard set")
     p.add_argument("--prefix", default="shard", help="shard file name prefix (default: %(default)s)")
     p.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default: %(default)s)")
     p.add_argument("--max-side", type=int, default=512,
@@ -289,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
             f"; {len(bad_lines)} lines are not caption records, e.g. {bad_lines[0]['line']}: {bad_lines[0]['detail']} "
             '(expected {"image": ..., "captions": {lang: [...]}, "mt": [...]} per line)' if bad_lines else ""))
     try:
+        check_replaceable(args.out, "--out", is_shard_folder, overwrite=args.overwrite)
         check_output_dir(args.out, "--out")
     except OutputError as e:
         parser.error(str(e))

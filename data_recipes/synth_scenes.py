@@ -347,6 +347,8 @@ def main(argv: list[str] | None = None) -> dict:
                            overwrite=args.overwrite, progress=not args.no_progress)
     except FileExistsError as err:
         parser.error(f"--out: {err}")
+    except OutputError as err:
+        parser.error(str(err))
     _print_summary(summary)
     return summary
 

@@ -30,8 +30,8 @@ from tqdm import tqdm
 
 from mclip_hbt.data.samples import FaultCounter, parse_sample, read_tar_samples
 from mclip_hbt.data.shard_plan import expand_shards
-from mclip_hbt.data.shards import CaptionShardWriter, ShardSample
-from mclip_hbt.fileio import OutputError, check_output_dir, parse_json
+from mclip_hbt.data.shards import CaptionShardWriter, ShardSample, is_shard_folder
+from mclip_hbt.fileio import OutputError, check_output_dir, check_replaceable, parse_json
 from mclip_hbt.languages import canonical_lang, parse_lang_list
 from mclip_hbt.options import OptionError
 
@@ -181,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-langs", required=True, help="comma-separated languages to translate into")
     p.add_argument("--out", required=True, help="output folder for the new shard set (must differ from the input's)")
     p.add_argument("--prefix", default="shard", help="output shard file name prefix (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into --out even though it holds files that are not a shard set")
     p.add_argument("--overwrite-existing", action="store_true",
                    help="replace human captions already present in a target language")
     p.add_argument("--batch-size", type=int, default=64, help="captions per generation batch (default: %(default)s)")
@@ -206,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out)
     if any(p.parent.resolve() == out_dir.resolve() for p in shards):
         parser.error("--out must not be the input shards' folder: the originals stay untouched")
+    try:
+        check_replaceable(out_dir, "--out", is_shard_folder, overwrite=args.overwrite)
+    except OutputError as e:
+        parser.error(str(e))
     try:
         source = canonical_lang(args.source_lang)
     except ValueError as e:

@@ -17,7 +17,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from mclip_hbt.fileio import parse_json, write_json_atomic
+from mclip_hbt.fileio import check_replaceable, parse_json, write_json_atomic
 from mclip_hbt.languages import canonical_lang
 
 _WORKER_MAKER: Callable | None = None
@@ -124,18 +124,24 @@ def finished_summary(out: Path, marker_name: str, config: dict, overwrite: bool,
     after clearing ``parts`` so the run starts from nothing.
 
     Raises :class:`SettingsMismatch` (before anything is written) when ``out`` was finished with other
-    settings and ``overwrite`` is off.
+    settings and ``overwrite`` is off, and ``OutputError`` when one of ``parts`` exists but no run of this
+    recipe started there (the user's own ``train/``, say): only ``--overwrite`` clears that.
     """
-    marker = out / marker_name
+    marker, started = out / marker_name, out / f".{marker_name}.started"
     if marker.exists() and not overwrite:
         done = parse_json(marker.read_text(encoding="utf-8"))
         if done["config"] == config:
             return {**done["summary"], "skipped": True}
         raise SettingsMismatch(out, what, {name: (done["config"].get(name), value) for name, value in config.items()
                                            if done["config"].get(name) != value})
+    if not (marker.exists() or started.exists()):
+        for part in parts:
+            check_replaceable(out / part, "--out", lambda folder: False, overwrite=overwrite)
     marker.unlink(missing_ok=True)
-    for part in parts:  # an unfinished or replaced run starts again from nothing
+    for part in parts:  # an unfinished or replaced run of this recipe starts again from nothing
         shutil.rmtree(out / part, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    started.touch()  # from now on the parts are this recipe's to clear
     return None
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from mclip_hbt.data.benchmark_images import overlap
-from mclip_hbt.fileio import OutputError, check_output_dir, check_output_file, parse_json
+from mclip_hbt.fileio import OutputError, check_output_dir, check_output_file, check_replaceable, parse_json
 from mclip_hbt.languages import parse_lang_list
 from mclip_hbt.model.clip import TRAIN_META_NAME
 from mclip_hbt.offline.hub import ModelUnavailableError
@@ -22,7 +22,7 @@ from .evaluate import SplitResult, evaluate_split
 from .metrics import NonFiniteEmbeddingsError
 from .models import SPEC_FORMS, RetrievalModel, load_retrieval_model
 from .plots import LanguagePanel, plot_language_panels
-from .results import save_output, write_results
+from .results import is_records_folder, records_dir, save_output, write_results
 from .text_cache import TextFeatureCache
 
 
@@ -92,6 +92,8 @@ def check_common_arguments(parser: argparse.ArgumentParser, args: argparse.Names
         for option, path in (("--out", args.out), ("--plot", args.plot)):
             if path is not None:
                 check_output_file(path, option)
+        if args.out is not None:  # replaced whole by each run: only a folder of result records
+            check_replaceable(records_dir(args.out), "--out", is_records_folder, flag=None)
     except OutputError as e:
         parser.error(str(e))
 

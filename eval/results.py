@@ -64,6 +64,11 @@ def records_dir(path: str | Path) -> Path:
     return path.with_name(f"{path.stem}_clip_benchmark")
 
 
+def is_records_folder(folder: Path) -> bool:
+    """A folder ``write_results`` made: result records (JSON files) only."""
+    return all(p.is_file() and p.suffix == ".json" for p in folder.iterdir())
+
+
 def record_file_name(record: dict) -> str:
     """CLIP_benchmark's file name for a record, with characters a file name cannot hold (``/``, ``:``) as ``-``."""
     fields = {k: re.sub(r"[^\w.+=,@-]", "-", str(record[k])) for k in ("dataset", "pretrained", "model", "language",

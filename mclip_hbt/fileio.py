@@ -157,6 +157,25 @@ def check_output_dir(path: str | os.PathLike, option: str) -> Path:
     return path
 
 
+def check_replaceable(path: str | os.PathLike, option: str, written_by_us: Callable[[Path], bool], *,
+                      overwrite: bool = False, flag: str | None = "--overwrite") -> None:
+    """OutputError unless the folder ``path`` may be replaced or cleared: it is missing or empty, ``written_by_us``
+    recognises it (the files a writer of this project leaves), or the user said ``overwrite``.
+
+    A writer never deletes or replaces a folder it did not write: the user's own files in the folder they named
+    are refused with a message, before any work starts."""
+    path = Path(path)
+    if overwrite or not path.exists():
+        return
+    if not path.is_dir():
+        raise OutputError(f"{option}: {path} is a file, not a folder; choose another {option}")
+    entries = sorted(p.name for p in path.iterdir())
+    if entries and not written_by_us(path):
+        shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+        raise OutputError(f"{option}: {path} holds files this command did not write ({shown}); choose another "
+                          f"{option}" + (f", or pass {flag} to replace them" if flag else ""))
+
+
 def check_output_file(path: str | os.PathLike, option: str) -> Path:
     """Make sure the file ``path`` can be written (its folder writable, not itself a folder)."""
     path = Path(path)

@@ -54,6 +54,12 @@ def iter_shard(path: str | os.PathLike) -> Iterator[ShardSample]:
         yield ShardSample(sample["__key__"], sample[ext], ext, json.loads(sample["json"]))
 
 
+def is_shard_folder(folder: Path) -> bool:
+    """A folder a shard writer made: its statistics, or only shards, whole or in progress (an interrupted run)."""
+    names = [p.name for p in folder.iterdir()]
+    return any(name in STATS_FILES for name in names) or all(name.endswith((".tar", ".tar.tmp")) for name in names)
+
+
 class CaptionShardWriter:
     """Write samples into ``{prefix}-NNNNNN.tar`` shards of ``max_count`` samples, then the stats files.
 

@@ -147,6 +147,8 @@ class TrainConfig:
                     MultilingualCLIPConfig.from_dict({**PRESETS[self.model], **self.model_overrides})
                 except (TypeError, ValueError) as err:
                     raise OptionError("model_overrides", str(err)) from None
+        if not str(self.output_dir).strip():
+            raise OptionError("output_dir", "is empty; name the run's folder (the working directory is not one)")
         if self.benchmark_data is not None and not Path(self.benchmark_data).is_dir():
             raise OptionError("benchmark_data", f"not a folder: {self.benchmark_data}")
         data = self.data

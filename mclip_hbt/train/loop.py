@@ -30,8 +30,8 @@ from mclip_hbt.data.benchmark_images import BenchmarkSightings, read_benchmark_i
 from mclip_hbt.data.hybrid import HybridBatcher, summarize_records
 from mclip_hbt.data.loader import ChunkLoader
 from mclip_hbt.data.samples import FaultCounter
-from mclip_hbt.fileio import OutputError, check_output_dir, write_text_atomic
-from mclip_hbt.model.clip import MultilingualCLIP, create_model
+from mclip_hbt.fileio import OutputError, check_output_dir, check_replaceable, write_text_atomic
+from mclip_hbt.model.clip import TRAIN_META_NAME, MultilingualCLIP, create_model
 from mclip_hbt.model.loss import ContrastiveLoss
 from mclip_hbt.offline.hub import ModelUnavailableError
 from mclip_hbt.options import OptionError
@@ -141,6 +141,9 @@ def claim_output_dir(config: TrainConfig, output_dir: Path, world: int, cleanup:
     """On the main process, before any work: a writable folder that no other run uses (locked until ``cleanup``
     closes), no partial checkpoints; returns the checkpoint to resume from."""
     check_output_dir(output_dir, "--output-dir")
+    # The final model replaces OUTPUT_DIR/model whole: only a model an earlier run of this trainer wrote.
+    check_replaceable(output_dir / "model", "--output-dir", lambda model: (model / TRAIN_META_NAME).is_file(),
+                      flag=None)
     cleanup.callback(OutputLock(output_dir).release)
     remove_partial_checkpoints(output_dir)
     return resolve_resume(config.resume, output_dir, world)
