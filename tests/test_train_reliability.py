@@ -30,6 +30,7 @@ from mclip_hbt.data.shards import CaptionShardWriter
 from mclip_hbt.fileio import write_json_atomic
 from mclip_hbt.paths import REPO_ROOT
 from mclip_hbt.train import loop as trainer
+from mclip_hbt.train.checkpoints import sha256_of
 from mclip_hbt.train.step_log import StepLog
 
 # A small local batch keeps every run short: one 16-sample chunk fills two steps.
@@ -285,7 +286,7 @@ def _plant(file: Path, marker: Path) -> None:
     manifest_file = file.parent / "manifest.json"
     if manifest_file.is_file():
         manifest = json.loads(manifest_file.read_text())
-        manifest["files"][file.name] = file.stat().st_size
+        manifest["files"][file.name] = {"bytes": file.stat().st_size, "sha256": sha256_of(file)}
         manifest_file.write_text(json.dumps(manifest))
 
 
@@ -326,6 +327,38 @@ def test_resume_auto_ignores_a_planted_checkpoint_without_a_manifest(trained_run
     assert "ignoring" in result.stderr and "step_00000099" in result.stderr
     assert "resumed from" in result.stderr and "step_00000002 at step 2" in result.stderr
     assert json.loads((run / "model" / "train_meta.json").read_text())["steps"] == 3
+
+
+def test_a_checkpoint_file_swapped_for_another_of_the_same_size_is_refused(trained_run, synth, tmp_path):
+    run = _copy_run(trained_run, tmp_path / "run")
+    weights = run / "checkpoints" / "step_00000002" / "model.safetensors"
+    other = run / "checkpoints" / "step_00000001" / "model.safetensors"
+    assert weights.stat().st_size == other.stat().st_size and weights.read_bytes() != other.read_bytes()
+    shutil.copyfile(other, weights)  # the manifest records sizes and checksums: the size alone would pass
+    result = _train_in_process(["--train-data", str(synth), "--output-dir", str(run), "--max-steps", "3",
+                                "--resume", "auto", *SMALL], timeout=240)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "model.safetensors does not have the SHA-256 its manifest records" in result.stderr
+    assert not (run / "checkpoints" / "step_00000003").exists()
+
+
+def test_a_resume_with_options_that_change_what_is_trained_is_refused_naming_each(trained_run, synth, tmp_path):
+    run = _copy_run(trained_run, tmp_path / "run")
+    trained = json.loads((run / "train_config.json").read_text())
+    args = ["--train-data", str(synth), "--output-dir", str(run), "--max-steps", "3", "--resume", "auto", *SMALL]
+    changed = ["--batch-size", str(trained["batch_size"] * 2), "--alpha", "1.0"]
+    result = _train_in_process(args + changed, timeout=240)
+    assert result.returncode == 2, result.stderr[-3000:]
+    message = _error_lines(result.stderr)[-1]
+    assert f"--batch-size {trained['batch_size']} there, {trained['batch_size'] * 2} now" in message
+    assert f"--alpha {trained['alpha']} there, 1.0 now" in message and "--allow-changed-options" in message
+    assert "--max-steps" not in message  # training longer is what a resume is for
+    result = _train_in_process(args + changed + ["--allow-changed-options"], timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    meta = json.loads((run / "model" / "train_meta.json").read_text())
+    assert meta["samples_seen"] == 2 * trained["batch_size"] + 1 * trained["batch_size"] * 2
+    assert [s["from_step"] for s in meta["segments"]] == [0, 2]
+    assert [s["options"]["alpha"] for s in meta["segments"]] == [trained["alpha"], 1.0]
 
 
 # ------------------------------------------------------------- 3. a leftover .tmp blocks nothing

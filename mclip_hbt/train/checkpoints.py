@@ -9,6 +9,7 @@ and ``load_state`` unpickles them).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -34,7 +35,9 @@ logger = logging.getLogger("mclip_hbt.train")
 
 CHECKPOINT_PREFIX = "step_"
 CHECKPOINT_MANIFEST = "manifest.json"  # written last: what makes a checkpoint folder complete
-CHECKPOINT_FORMAT = 1
+#: 2: each file's SHA-256 beside its size, and the options the run trained with (format 1: sizes only).
+CHECKPOINT_FORMAT = 2
+READABLE_FORMATS = (1, 2)
 MODEL_FILE = "model.safetensors"
 TRAIN_STATE_FILE = "train_state.pt"  # optimizer, scheduler, grad scaler and TrainingState (main process)
 #: What a failed write raises: the OS, torch's zip writer (a RuntimeError) and safetensors.
@@ -50,12 +53,19 @@ class SaveError(RuntimeError):
 
 
 class TrainingState:
-    """Counters that a checkpoint must restore beyond model/optimizer/scheduler/RNG."""
+    """Counters that a checkpoint must restore beyond model/optimizer/scheduler/RNG, and the run's segments: the
+    options it trained with from each step on (a resume with changed options, when allowed, starts a segment)."""
 
     def __init__(self):
         self.step = 0
         self.nonfinite_total = 0
         self.nonfinite_in_a_row = 0
+        self.segments: list[dict] = []  # {"from_step": int, "options": {name: value}}
+
+    def samples_seen(self) -> int:
+        """Samples trained on, segment by segment (each with its own batch size)."""
+        ends = [s["from_step"] for s in self.segments[1:]] + [self.step]
+        return sum((end - s["from_step"]) * s["options"]["batch_size"] for s, end in zip(self.segments, ends))
 
     def state_dict(self) -> dict:
         return dict(vars(self))
@@ -155,9 +165,10 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, unwrapped: Multi
                    tmp / rank_file(accelerator.process_index))
 
     def finish() -> None:
-        files = {p.name: p.stat().st_size for p in tmp.iterdir()}
-        write_json_atomic(tmp / CHECKPOINT_MANIFEST, {"format": CHECKPOINT_FORMAT, "step": state.step,
-                                                      "world_size": accelerator.num_processes, "files": files})
+        files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_of(p)} for p in tmp.iterdir()}
+        write_json_atomic(tmp / CHECKPOINT_MANIFEST, {
+            "format": CHECKPOINT_FORMAT, "step": state.step, "world_size": accelerator.num_processes,
+            "files": files, "options": state.segments[-1]["options"] if state.segments else None})
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in checkpoints(output_dir)[:-keep]:
@@ -190,17 +201,44 @@ def read_manifest(path: Path, world_size: int) -> dict:
                "program or version wrote it)")
     except (OSError, ValueError) as err:
         refuse(f"has an unreadable {CHECKPOINT_MANIFEST} ({first_line(err)})")
-    if not isinstance(manifest, dict) or manifest.get("format") != CHECKPOINT_FORMAT \
+    if not isinstance(manifest, dict) or manifest.get("format") not in READABLE_FORMATS \
             or not isinstance(manifest.get("files"), dict):
         refuse(f"has a {CHECKPOINT_MANIFEST} this version does not read")
     if manifest.get("world_size") != world_size:
         refuse(f"was written by {manifest.get('world_size')} process(es) and this run has {world_size}: "
                "resume it with as many")
     for name in [MODEL_FILE, TRAIN_STATE_FILE] + [rank_file(r) for r in range(world_size)]:
-        file = path / name
-        if not file.is_file() or file.stat().st_size != manifest["files"].get(name):
+        file, recorded = path / name, manifest["files"].get(name)
+        size, digest = (recorded, None) if manifest["format"] == 1 else (
+            (recorded.get("bytes"), recorded.get("sha256")) if isinstance(recorded, dict) else (None, None))
+        if not file.is_file() or file.stat().st_size != size:
             refuse(f"is damaged: {name} is missing or not the size its manifest records")
+        if digest is not None and sha256_of(file) != digest:
+            refuse(f"is damaged or was changed: {name} does not have the SHA-256 its manifest records")
     return manifest
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_resume_options(manifest: dict, path: Path, options: dict, allow_changed: bool) -> None:
+    """OptionError naming every option that differs from those the checkpoint's run trained with (what it trained
+    on, how, from which model), unless ``allow_changed``; a checkpoint of format 1 recorded none."""
+    before = manifest.get("options")
+    if before is None or allow_changed:
+        return
+    changed = {name: (before.get(name), value) for name, value in options.items() if before.get(name) != value}
+    if changed:
+        listed = "; ".join(f"--{name.replace('_', '-')} {old!r} there, {new!r} now"
+                           for name, (old, new) in changed.items())
+        raise OptionError("resume", f"{path} was trained with other options ({listed}); resume with the same "
+                                    "ones, or pass --allow-changed-options to go on with these (train_meta.json "
+                                    "then records each segment's options)")
 
 
 def resolve_resume(resume: str, output_dir: Path, world_size: int) -> Path | None:

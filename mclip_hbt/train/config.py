@@ -26,6 +26,11 @@ from mclip_hbt.options import OptionError, check_value, option, option_fields, s
 from mclip_hbt.train.text_learning import TextLearningConfig
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
+#: Options a resumed run may change: where it writes and reads, reporting, checkpoint cadence, its length and how
+#: fast it computes the same steps.
+RUN_ONLY_OPTIONS = frozenset({"output_dir", "resume", "allow_changed_options", "log_every", "report_to",
+                              "checkpoint_every", "keep_checkpoints", "max_steps", "max_nonfinite_steps", "compile",
+                              "grad_checkpointing", "channels_last", "text_length_groups", "benchmark_data"})
 #: Component configs nested in TrainConfig, whose option fields are flags and YAML keys of their own.
 NESTED = {"data": LoaderConfig, "hybrid": HybridConfig, "text_learning": TextLearningConfig}
 
@@ -84,7 +89,11 @@ class TrainConfig:
                                    "SIGTERM).")
     keep_checkpoints: int = option(2, "Keep the newest N checkpoints.")
     resume: str = option("none", "Resume: 'auto' (newest complete checkpoint in output_dir, if any), a checkpoint "
-                         "folder (OUTPUT_DIR/checkpoints/step_N), or 'none'.")
+                         "folder (OUTPUT_DIR/checkpoints/step_N), or 'none'. Options that change what is trained "
+                         "must be those of the checkpoint's run.")
+    allow_changed_options: bool = option(False, "Resume even though options that change what is trained (batch "
+                                                "size, alpha, data, seed, learning rates, ...) differ from the "
+                                                "checkpoint's; train_meta.json records each segment's options.")
     benchmark_data: str | None = option(None, "Folder holding the benchmarks' files (xtd10/, xflickrco/, multi30k/) "
                                         "whose test images the run watches for: train_meta.json lists those it "
                                         "trained on, and the evaluators flag them (default: $MCLIP_HBT_DATA or "
@@ -118,6 +127,12 @@ class TrainConfig:
         """This process's share of the training shards, in chunks for the batcher."""
         return build_loader(self.data, image_transform, seed=self.seed, rank=rank, world_size=num_processes,
                             draft_size=draft_size, pin_memory=pin_memory)
+
+    def trained_options(self) -> dict[str, Any]:
+        """The options that change what a run trains (everything but where it writes, how often it logs and
+        checkpoints, how long it runs and how fast it computes), as plain JSON values."""
+        values = {k: v for k, v in self.flat_options().items() if k not in RUN_ONLY_OPTIONS}
+        return json.loads(json.dumps(values, default=str))
 
     def flat_options(self) -> dict[str, Any]:
         """Every option by its flag's name, nested components flattened: what ``--config`` reads back."""

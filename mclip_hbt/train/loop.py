@@ -38,7 +38,9 @@ from mclip_hbt.options import OptionError
 from mclip_hbt.train.checkpoints import (
     SaveError,
     TrainingState,
+    check_resume_options,
     load_checkpoint,
+    read_manifest,
     remove_partial_checkpoints,
     resolve_resume,
     save_checkpoint,
@@ -146,7 +148,11 @@ def claim_output_dir(config: TrainConfig, output_dir: Path, world: int, cleanup:
                       flag=None)
     cleanup.callback(OutputLock(output_dir).release)
     remove_partial_checkpoints(output_dir)
-    return resolve_resume(config.resume, output_dir, world)
+    resume_from = resolve_resume(config.resume, output_dir, world)
+    if resume_from is not None:
+        check_resume_options(read_manifest(resume_from, world), resume_from, config.trained_options(),
+                             config.allow_changed_options)
+    return resume_from
 
 
 def set_up(config: TrainConfig, accelerator: Accelerator, output_dir: Path, cleanup: contextlib.ExitStack) -> Run:
@@ -182,6 +188,11 @@ def set_up(config: TrainConfig, accelerator: Accelerator, output_dir: Path, clea
         load_checkpoint(resume_from, accelerator, unwrapped, optimizer, scheduler, run.state, run.per_rank())
         run.last_saved = run.state.step
         logger.info("resumed from %s at step %d", resume_from, run.state.step)
+    options = config.trained_options()
+    if not run.state.segments:  # a fresh run, or a checkpoint from before segments were recorded
+        run.state.segments.append({"from_step": 0, "options": options})
+    elif run.state.segments[-1]["options"] != options:  # a resume with changes the user allowed
+        run.state.segments.append({"from_step": run.state.step, "options": options})
     if accelerator.is_main_process:
         write_text_atomic(output_dir / "train_config.json",
                           json.dumps(config.flat_options(), indent=2, default=str) + "\n")
@@ -342,7 +353,8 @@ def finish(run: Run) -> Path:
             "mixed_precision": accelerator.mixed_precision,
             "batch_size": config.batch_size, "lang_distribution": config.hybrid.lang_distribution,
             "loss": config.loss, "train_data": config.data.train_data,
-            "samples_seen": state.step * config.batch_size, "nonfinite_steps": state.nonfinite_total,
+            "samples_seen": state.samples_seen(), "nonfinite_steps": state.nonfinite_total,
+            "segments": state.segments,
             "data_faults": dict(faults),
             "benchmark_images": run.sightings.summary(i for seen in gather_object([sorted(run.sightings.seen)])
                                                       for i in seen)}
