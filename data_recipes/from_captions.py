@@ -70,6 +70,8 @@ def read_jsonl(path: str | os.PathLike) -> tuple[list[Entry], list[dict]]:
                 mt = {canonical_lang(lang) for lang in obj.get("mt", [])}
                 if not isinstance(image, str) or not all(isinstance(t, str) for ts in captions.values() for t in ts):
                     raise ValueError("image and captions must be strings")
+                # valid JSON can hold lone surrogates ("\ud800"), which no UTF-8 file or tokenizer takes
+                "".join([image, *(t for ts in captions.values() for t in ts)]).encode("utf-8")
             except (ValueError, KeyError, TypeError, AttributeError) as e:
                 bad_lines.append({"line": where, "reason": "bad record", "detail": f"{type(e).__name__}: {e}"})
                 continue

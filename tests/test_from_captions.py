@@ -162,6 +162,19 @@ def test_jsonl_input_merges_repeated_images_and_keeps_mt(tmp_path):
     assert skipped == [{"image": "c.jpg", "reason": "no captions"}]
 
 
+def test_a_jsonl_caption_that_is_not_unicode_text_skips_its_line(tmp_path):
+    images = tmp_path / "images"
+    placeholder_images(images, ["a.jpg", "b.jpg"])
+    jsonl = tmp_path / "captions.jsonl"
+    jsonl.write_text('{"image": "a.jpg", "captions": {"en": "broken \\ud800"}}\n'  # valid JSON, a lone surrogate
+                     '{"image": "b.jpg", "captions": {"en": "fine"}}\n', encoding="utf-8")
+    assert from_captions(["--jsonl", str(jsonl), "--images", str(images), "--out", str(tmp_path / "out"),
+                          "--workers", "1"]) == 0
+    assert [key for key, _, _ in read_shards(tmp_path / "out")] == ["b"]
+    skipped = [json.loads(line) for line in (tmp_path / "out/skipped.jsonl").read_text().splitlines()]
+    assert len(skipped) == 1 and skipped[0]["reason"] == "bad record" and "surrogates" in skipped[0]["detail"]
+
+
 @pytest.mark.parametrize("suffix, rows", [
     (".tsv", ["image\ten\tde", "x.jpg\tA cat, sitting.\tEine Katze.", 'y.jpg\t"Quoted" dog\t',
               "x.jpg\tA second cat.\t"]),

@@ -510,3 +510,36 @@ def test_a_shard_folder_that_does_not_match_its_sizes_json_is_refused(synth, tmp
     loader = build_loader(LoaderConfig(train_data=f"{data}/synth-{{000000..000003}}.tar", workers=0, resampled=True,
                                        samples_per_epoch=4, chunk_size=4), T.ToTensor())
     assert sum(len(chunk["keys"]) for chunk in loader) == 4
+
+
+# ------------------------------------------------- captions that are not text, and captions far too long
+
+def test_a_caption_that_is_not_unicode_text_is_a_counted_bad_record_not_a_crash(tmp_path):
+    # "\ud800" is valid JSON (an escaped lone surrogate) but no UTF-8 text: it once crashed training, and
+    # --resume auto died again on the same record.
+    data = tmp_path / "data"
+    data.mkdir()
+    with tarfile.open(data / "s-000000.tar", "w") as tar:  # by hand: no writer of ours would write such a record
+        for i in range(24):
+            german = "kaputt \\ud800" if i % 3 == 0 else f"Probe {i}"
+            record = f'{{"captions": {{"en": ["sample {i}"], "de": ["{german}"]}}}}'.encode()
+            for name, payload in ((f"s{i:02d}.png", _png(i)), (f"s{i:02d}.json", record)):
+                info = tarfile.TarInfo(name)
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    (data / "sizes.json").write_text(json.dumps({"s-000000.tar": 24}))
+    run = tmp_path / "run"
+    result = _train_in_process(["--train-data", str(data), "--output-dir", str(run), "--max-steps", "3", *SMALL],
+                               timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    faults = json.loads((run / "model" / "train_meta.json").read_text())["data_faults"]
+    assert faults.get("bad_caption", 0) >= 8  # every third sample's German caption, in every epoch read
+
+
+def test_a_megabyte_caption_is_cut_before_tokenising_to_the_same_tokens():
+    from mclip_hbt.model.clip import create_model
+    tower = create_model("tiny").text
+    huge = "ein rotes Herz " * 400_000  # 6 MB: tokenised whole it took minutes and gigabytes
+    cut = tower.tokenize([huge])
+    assert cut["input_ids"].shape[1] == tower.max_length
+    assert torch.equal(cut["input_ids"], tower.tokenize([huge[:20_000]])["input_ids"])

@@ -9,7 +9,8 @@ both call :func:`open_image`, so a picture looks the same in a shard and in a tr
 * transparency (``RGBA``, ``LA``, ``PA``, a transparent palette or colour key) is composited on
   white, not dropped to show whatever colour the file keeps under transparent pixels;
 * an image of more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (a decompression bomb: a few kB
-  that decode to gigabytes) is refused before it is decoded.
+  that decode to gigabytes), or one side over ``MAX_ASPECT_RATIO`` times the other, is refused before
+  it is decoded.
 
 Every failure is an :class:`ImageError`, so a caller has one thing to catch and count.
 :class:`ImageFinder` resolves the image names that caption lists use (recipes and benchmarks alike).
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,8 @@ from PIL import Image, ImageOps
 #: greyscale; floating-point images use 0..1).
 _FULL_SCALE = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535, "F": 1.0}
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+#: Wider than any panorama worth a caption: a 1x20000 strip, resized to a 224-pixel short side, is gigabytes.
+MAX_ASPECT_RATIO = 50
 
 
 class ImageError(ValueError):
@@ -39,12 +43,22 @@ def open_image(source: bytes | str | os.PathLike, draft_size: int | None = None)
     With ``draft_size`` a JPEG is decoded at the smallest 1/2**k DCT scale that keeps both sides
     >= ``draft_size`` (libjpeg does the downscale, several times faster for large photos).
     """
+    if not isinstance(source, bytes):
+        try:
+            regular = stat.S_ISREG(os.stat(source).st_mode)
+        except OSError as exc:
+            raise ImageError(f"{type(exc).__name__}: {exc}") from exc
+        if not regular:  # reading a FIFO or a device named like an image would wait forever or never end
+            raise ImageError(f"{source} is not a regular file")
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
             limit = Image.MAX_IMAGE_PIXELS
             if limit and image.width * image.height > limit:
                 raise ImageError(f"{image.width}x{image.height} pixels is more than PIL.Image.MAX_IMAGE_PIXELS "
                                  f"({limit}); raise that limit if the image is genuine")
+            if max(image.size) > MAX_ASPECT_RATIO * max(1, min(image.size)):
+                raise ImageError(f"{image.width}x{image.height} pixels: a side more than {MAX_ASPECT_RATIO} times "
+                                 "the other, which resizing the short side to the model's input would blow up")
             if draft_size and image.format == "JPEG":
                 image.draft("RGB", (draft_size, draft_size))
             image.load()

@@ -109,6 +109,14 @@ def decode_image(data: bytes, draft_size: int | None = None) -> Image.Image:
     return open_image(data, draft_size)
 
 
+def is_unicode_text(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse_captions(raw_json: bytes, where: str, faults: FaultCounter) -> dict | None:
     """The ``KEY.json`` record checked: ``{"captions", "mt", "source"}`` with canonical language codes,
     or None (fault recorded) when unusable."""
@@ -128,6 +136,11 @@ def parse_captions(raw_json: bytes, where: str, faults: FaultCounter) -> dict | 
     for lang, texts in captions.items():
         texts = [texts] if isinstance(texts, str) else texts
         texts = [t for t in texts if isinstance(t, str) and t.strip()] if isinstance(texts, list) else []
+        unicode = [t for t in texts if is_unicode_text(t)]
+        if len(unicode) < len(texts):  # valid JSON can hold lone surrogates, which no tokenizer takes
+            faults.record("bad_caption", where, f"{len(texts) - len(unicode)} caption(s) in {lang!r} are not "
+                                                "Unicode text (lone surrogates)")
+        texts = unicode
         if not texts:
             continue
         try:

@@ -29,6 +29,7 @@ import json
 import math
 import os
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -85,6 +86,25 @@ def _check_directory(source: str, tar_paths: list[str], cache: dict[str, dict | 
                                       f"absent, e.g. {missing[:3]}); {redo}")
 
 
+#: More shards than any real data set has (LAION-5B is about 500,000 shards of 10,000): a pattern naming more is a typo.
+MAX_SHARDS_PER_SOURCE = 10_000_000
+_BRACE = re.compile(r"\{([^{}]*)\}")
+_RANGE = re.compile(r"(-?\d+)\.\.(-?\d+)(?:\.\.(-?\d+))?")
+
+
+def brace_count(pattern: str) -> int:
+    """How many names a brace pattern expands to (``s-{000..099}-{a,b}.tar``: 200), counted without expanding."""
+    count = 1
+    for inside in _BRACE.findall(pattern):
+        match = _RANGE.fullmatch(inside)
+        if match:
+            first, last, step = int(match[1]), int(match[2]), abs(int(match[3] or 1)) or 1
+            count *= abs(last - first) // step + 1
+        else:
+            count *= inside.count(",") + 1
+    return count
+
+
 def expand_shards(urls: str | Sequence[str], weights: str | Sequence[float] | None = None) -> list[Shard]:
     """Expand ``"a/s-{000..009}.tar::b/s-{0..3}.tar"`` (or a list of such sources) into shards.
 
@@ -117,6 +137,10 @@ def expand_shards(urls: str | Sequence[str], weights: str | Sequence[float] | No
             urls_of_source = sorted(glob.glob(os.path.join(source, "*.tar")))
             _check_directory(source, urls_of_source, sizes_cache)
         else:
+            count = brace_count(source)
+            if count > MAX_SHARDS_PER_SOURCE:  # refused before expanding: the list alone would take gigabytes
+                raise OptionError("train_data", f"{source!r} names {count:,} shards, more than the "
+                                                f"{MAX_SHARDS_PER_SOURCE:,} one source may hold; check the braces")
             try:
                 urls_of_source = wds.shardlists.expand_urls(source)
             except ValueError as err:  # a brace pattern webdataset cannot expand

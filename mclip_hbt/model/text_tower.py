@@ -12,6 +12,9 @@ from mclip_hbt.offline.bundled_e5 import resolve_model_name
 from mclip_hbt.offline.hub import load_or_explain
 
 POOLINGS = ("mean", "cls")
+#: Characters kept per token of max_length before tokenising: far more than a token covers, so only a caption whose
+#: first max_length tokens span more (thousands of spaces, say) tokenises otherwise than whole.
+MAX_CHARS_PER_TOKEN = 64
 
 
 def _make_pooler(pooling: str) -> nn.Module:
@@ -70,7 +73,10 @@ class TextTower(nn.Module):
         ``max_length``."""
         if isinstance(texts, str):
             texts = [texts]
-        texts = [self.prefix + t for t in texts]
+        # Cut before tokenising: the tokenizer reads a whole string before truncating to max_length tokens, so a
+        # megabyte caption would cost seconds and gigabytes for the same tokens as its first few thousand characters.
+        limit = self.max_length * MAX_CHARS_PER_TOKEN
+        texts = [self.prefix + t[:limit] for t in texts]
         return self.tokenizer(texts, padding="longest", truncation=True, max_length=self.max_length,
                               return_tensors="pt", return_token_type_ids=False)
 

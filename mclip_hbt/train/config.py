@@ -26,6 +26,8 @@ from mclip_hbt.options import OptionError, check_value, option, option_fields, s
 from mclip_hbt.train.text_learning import TextLearningConfig
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
+#: A training config is a page of options; anything larger (a device, a data file) is refused before it is read.
+MAX_CONFIG_BYTES = 1 << 20
 #: Options a resumed run may change: where it writes and reads, reporting, checkpoint cadence, its length and how
 #: fast it computes the same steps.
 RUN_ONLY_OPTIONS = frozenset({"output_dir", "resume", "allow_changed_options", "log_every", "report_to",
@@ -279,9 +281,12 @@ def parse_config(argv: list[str] | None = None, num_processes: int = 1) -> Train
     values: dict[str, Any] = {}
     config_file = args.pop("config", None)
     if config_file:
+        path = Path(config_file)
+        if not path.is_file() or path.stat().st_size > MAX_CONFIG_BYTES:  # /dev/zero, a FIFO, a data file
+            parser.error(f"--config: {config_file} is not a YAML file of at most {MAX_CONFIG_BYTES // 1024} KiB")
         try:
-            values = yaml.safe_load(Path(config_file).read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
+            values = yaml.safe_load(path.read_text()) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
             parser.error(f"--config: cannot read {config_file}: {err}")
         if not isinstance(values, dict):
             parser.error(f"--config: {config_file} must hold a mapping of option: value")
