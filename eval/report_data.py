@@ -66,8 +66,16 @@ def parse_label(text: str) -> tuple[float, int | None]:
     fields = dict(item.split("=", 1) for item in text.split(",") if "=" in item)
     if "alpha" not in fields:
         raise ValueError(f"label {text!r} has no alpha=")
-    return (_number(fields["alpha"].strip(), f"alpha in label {text!r}"),
+    return (_alpha(fields["alpha"].strip(), f"alpha in label {text!r}"),
             _number(fields["seed"].strip(), f"seed in label {text!r}", int) if "seed" in fields else None)
+
+
+def _alpha(value: object, what: str) -> float:
+    """An α: a probability, so a number in [0, 1] (NaN or 7 would make table rows of their own)."""
+    alpha = _number(value, what)
+    if not 0.0 <= alpha <= 1.0:  # NaN fails both comparisons
+        raise ValueError(f"{what} is {value!r}, not a probability in [0, 1]")
+    return alpha
 
 
 def is_result_document(doc: object) -> bool:
@@ -84,7 +92,8 @@ def read_result_document(file: Path) -> dict:
 
 def find_result_files(paths: list[Path]) -> list[Path]:
     """Result documents among ``paths``: a file given by name must be one; in a folder, other JSON
-    files (a previous report.json, ...) are passed over."""
+    files (a previous report.json, ...) are passed over. A file reached twice (named, and inside a folder
+    named too) counts once."""
     files = []
     for path in paths:
         if not path.is_dir():
@@ -98,7 +107,7 @@ def find_result_files(paths: list[Path]) -> list[Path]:
                     files.append(file)
             except ValueError:
                 continue
-    return files
+    return list({file.resolve(): file for file in files}.values())
 
 
 def check_summary(summary: object, where: str) -> dict:
@@ -139,7 +148,7 @@ def load_run(file: Path, labels: dict[Path, str]) -> RunResult:
     where = file.resolve()
     label = next((text for path, text in labels.items() if path.resolve() in (where, *where.parents)), None)
     if isinstance(train, dict) and "alpha" in train:
-        alpha = _number(train["alpha"], f"{file}: meta.train.alpha")
+        alpha = _alpha(train["alpha"], f"{file}: meta.train.alpha")
         seed = None if train.get("seed") is None else _number(train["seed"], f"{file}: meta.train.seed", int)
     elif label is not None:
         alpha, seed = parse_label(label)

@@ -8,8 +8,10 @@ a read-only folder or a file where a folder should be is one plain error, not a 
 from __future__ import annotations
 
 import fcntl
+import glob
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -70,7 +72,9 @@ def atomic_directory(directory: str | os.PathLike) -> Iterator[Path]:
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+    remove_abandoned_staging(directory)
+    # The writer's pid in the name: a later writer can tell a staging folder whose writer was killed.
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.{os.getpid()}.", suffix=".tmp", dir=directory.parent))
     try:
         yield staging
         make_readable(staging)
@@ -83,6 +87,26 @@ def atomic_directory(directory: str | os.PathLike) -> Iterator[Path]:
             os.replace(staging, directory)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def remove_abandoned_staging(directory: Path) -> None:
+    """Delete the staging folders of ``directory`` (``.NAME.PID.XXXX.tmp``) whose writing process is gone: a
+    killed export or training leaves a full copy of a model there that nothing else would ever remove."""
+    pattern = re.compile(rf"\.{re.escape(directory.name)}\.(\d+)\.\w+\.tmp")
+    for sibling in directory.parent.glob(f".{glob.escape(directory.name)}.*.tmp"):
+        match = pattern.fullmatch(sibling.name)
+        if match and sibling.is_dir() and not process_alive(int(match.group(1))):
+            shutil.rmtree(sibling, ignore_errors=True)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 #: Written by :func:`build_once` into each folder it builds: what the folder was built from.

@@ -113,3 +113,25 @@ def test_export_refuses_an_unknown_model_in_one_line(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert "neither a preset" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_killed_exports_staging_copy_is_removed_by_the_next_export(tmp_path):
+    import os
+    import signal
+    import subprocess
+
+    out = tmp_path / "exports" / "demo"
+    out.parent.mkdir()
+    sleeper = subprocess.Popen(["sleep", "60"])  # a writer that is still running: its staging folder stays
+    live = out.parent / f".demo.{sleeper.pid}.abcd1234.tmp"
+    live.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    abandoned = out.parent / f".demo.{dead.pid}.efgh5678.tmp"  # a full model copy a killed export left
+    (abandoned / "weights").mkdir(parents=True)
+    try:
+        assert export_main(["open_clip", "tiny", str(out)]) == 0
+        assert not abandoned.exists() and live.exists() and (out / "open_clip_config.json").is_file()
+    finally:
+        os.kill(sleeper.pid, signal.SIGKILL)
+        sleeper.wait()

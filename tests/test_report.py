@@ -196,3 +196,18 @@ def test_zero_shot_results_get_a_table_of_their_own_per_alpha_and_group(tmp_path
     assert data["benchmarks"]["emoji_seen"]["0.0"]["n"] == 2  # the retrieval rows are unchanged by them
     text = (tmp_path / "r" / "report.md").read_text()
     assert "emoji_seen: zero-shot classification, top-1 accuracy" in text and "| 0 | 2 | 45.0 ± 7.1 |" in text
+
+
+def test_a_result_named_twice_counts_once_and_an_alpha_outside_0_1_is_refused(tmp_path, capsys):
+    run = tmp_path / "runs" / "a.json"
+    run.parent.mkdir()
+    run.write_text(json.dumps({**result_doc({"en": 0.5}, 0.1, 10.0),
+                               "meta": {"benchmark": "xtd10", "train": {"alpha": 0.5, "seed": 0}}}))
+    assert report.main([str(run), str(run), str(run.parent), "--out", str(tmp_path / "r")]) == 0
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["benchmarks"]["xtd10"]["0.5"]["n"] == 1
+    for alpha in (float("nan"), 7):
+        run.write_text(json.dumps({**result_doc({"en": 0.5}, 0.1, 10.0),
+                                   "meta": {"benchmark": "xtd10", "train": {"alpha": alpha, "seed": 0}}}))
+        with pytest.raises(SystemExit) as exit_info:
+            report.main([str(run), "--out", str(tmp_path / "r2")])
+        assert exit_info.value.code == 2 and "not a probability in [0, 1]" in capsys.readouterr().err
