@@ -31,10 +31,13 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,15 +82,64 @@ DEMO_SETTINGS = "demo_settings.json"
 DEMO_UNSEEN = ("hi", "ha", "yo", "zu")
 
 
+class Stages:
+    """The stage processes running now. SIGTERM or SIGINT to demo.py is passed on to each of them, and demo.py
+    exits (128 + the signal) once they have: a stage left behind would go on alone, a train.py with its loader
+    workers, orphaned. With no stage running (the data stage runs in this process) demo.py exits at once."""
+
+    def __init__(self):
+        self.running: set[subprocess.Popen] = set()
+        self.stopped_by: int | None = None
+
+    @contextmanager
+    def forwarding_signals(self) -> Iterator[None]:
+        previous = {sig: signal.signal(sig, self._forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _forward(self, signum, frame) -> None:
+        self.stopped_by = signum
+        running = list(self.running)
+        if not running:
+            raise SystemExit(128 + signum)
+        print(f"[demo] {signal.Signals(signum).name}: passed on to {len(running)} stage(s); waiting for them",
+              file=sys.stderr, flush=True)
+        for proc in running:
+            proc.send_signal(signum)
+
+    def check(self) -> None:
+        """Exit as asked once the stages have stopped, instead of starting another."""
+        if self.stopped_by is not None:
+            raise SystemExit(128 + self.stopped_by)
+
+    def run(self, cmd: list[str], **kwargs) -> None:
+        self.check()
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, **kwargs)
+        self.running.add(proc)
+        try:
+            code = proc.wait()
+        finally:
+            self.running.discard(proc)
+        self.check()
+        if code:
+            raise subprocess.CalledProcessError(code, cmd)
+
+
+STAGES = Stages()
+
+
 def run(cmd: list[str], log: Path | None = None) -> None:
     """Run one stage; with ``log``, its output is appended there (runs going at once would interleave)."""
     print("+", " ".join(cmd) + (f"  > {log}" if log else ""), flush=True)
     if log is None:
-        subprocess.run(cmd, check=True, cwd=REPO_ROOT)
+        STAGES.run(cmd)
         return
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a") as sink:
-        subprocess.run(cmd, check=True, cwd=REPO_ROOT, stdout=sink, stderr=subprocess.STDOUT)
+        STAGES.run(cmd, stdout=sink, stderr=subprocess.STDOUT)
 
 
 def stage_inputs(out: Path, world: str, train_samples: int) -> Path:
@@ -351,6 +403,7 @@ def sweep(args: argparse.Namespace, data_dir: Path) -> None:
                 failed.append(f"alpha {alpha:g} seed {seed} ({error})")
             print(f"[sweep] {done}/{len(todo)}: alpha {alpha:g} seed {seed} "
                   f"{'failed' if error else 'done'}", flush=True)
+    STAGES.check()  # stopped: the runs' failures are the stop, not faults to list
     if failed:  # every other run finished; re-running the sweep redoes only these
         raise SystemExit("demo.py sweep: these runs failed, see their sweep.log or the output above: "
                          + "; ".join(failed))
@@ -467,6 +520,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.setting == "text" and WORLDS[args.world].text_config is None:
         parser.error(f"--setting text: the {args.world} world has no text-learning config; use --world emoji")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    with STAGES.forwarding_signals():
+        run_command(parser, args)
+
+
+def run_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     try:
         data_dir = stage_inputs(args.out, args.world, args.train_samples)
     except OutputError as err:  # the user's own files where the data goes: refused, before anything is written

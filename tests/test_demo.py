@@ -5,9 +5,11 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -158,3 +160,29 @@ def test_a_run_folder_made_with_other_settings_is_refused_not_reported_as_new(de
     with pytest.raises(SystemExit) as exit_info:
         demo_module.main([*common, "--alpha", "0"])
     assert "holds a run made with other settings" in str(exit_info.value.code) and len(trained) == 1
+
+
+def test_sigterm_to_demo_is_passed_on_to_its_training_stage_and_waited_for(demo_synth_data, tmp_path):
+    # kill -TERM to demo.py once left its train.py child (and that child's loader worker) running, orphaned.
+    shutil.copytree(demo_synth_data, tmp_path / "data" / "synth")
+    out = tmp_path / "demo"
+    with open(tmp_path / "demo.log", "w") as log:
+        demo = subprocess.Popen([sys.executable, str(REPO_ROOT / "demo.py"), "run", "--world", "synth",
+                                 "--train-samples", "20", "--steps", "500", "--out", str(out)], cwd=REPO_ROOT,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    try:
+        lock, waited = out / "train.lock", 0.0
+        while not (lock.is_file() and lock.read_text().startswith("pid ")):  # train.py has claimed its folder
+            assert demo.poll() is None and waited < 240, (tmp_path / "demo.log").read_text()[-3000:]
+            time.sleep(0.5)
+            waited += 0.5
+        trainer = int(lock.read_text().split()[1])
+        demo.send_signal(signal.SIGTERM)  # to demo.py alone, not to its process group
+        assert demo.wait(timeout=180) == 143
+        with pytest.raises(ProcessLookupError):  # the stage stopped before demo.py exited
+            os.kill(trainer, 0)
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+            demo.wait()
