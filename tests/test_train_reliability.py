@@ -7,6 +7,7 @@ output folder and multi-process runs stay real processes.
 """
 from __future__ import annotations
 
+import http.server
 import io
 import json
 import os
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -543,3 +545,72 @@ def test_a_megabyte_caption_is_cut_before_tokenising_to_the_same_tokens():
     cut = tower.tokenize([huge])
     assert cut["input_ids"].shape[1] == tower.max_length
     assert torch.equal(cut["input_ids"], tower.tokenize([huge[:20_000]])["input_ids"])
+
+
+# ------------------------------------------------------------------ remote shards that stall never hang a run
+
+class StallingShards(http.server.BaseHTTPRequestHandler):
+    """Answers sizes.json, then sends a few bytes of each tar and nothing more until the server stops."""
+
+    stop = threading.Event()
+    tar_requests = 0
+
+    def do_GET(self):
+        if self.path.endswith("sizes.json"):
+            body = json.dumps({"s-000000.tar": 8, "s-000001.tar": 8}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        type(self).tar_requests += 1
+        self.send_response(200)
+        self.send_header("Content-Length", "1000000")
+        self.end_headers()
+        self.wfile.write(b"\0" * 512)
+        self.wfile.flush()
+        self.stop.wait(120)  # stalled: bounded, so the test's server always ends
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def stalling_server():
+    StallingShards.stop.clear()
+    StallingShards.tar_requests = 0
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StallingShards)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    StallingShards.stop.set()
+    server.shutdown()
+    server.server_close()
+
+
+def test_shards_whose_server_stalls_end_the_run_with_one_message_not_a_hang(stalling_server, tmp_path):
+    result = _train_in_process(["--train-data", f"{stalling_server}/s-{{000000..000001}}.tar", "--output-dir",
+                                str(tmp_path / "run"), "--remote-timeout", "1", "--max-steps", "2", *SMALL],
+                               timeout=150)  # a hang fails the test (RunTimedOut)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "no usable training data" in result.stderr and "bad_tar=2" in result.stderr
+    assert StallingShards.tar_requests >= 2
+
+
+def test_sigterm_while_a_remote_shard_stalls_exits_143(stalling_server, tmp_path):
+    stderr = tmp_path / "stderr.txt"
+    proc = _popen(["--train-data", f"{stalling_server}/s-{{000000..000001}}.tar", "--output-dir",
+                   str(tmp_path / "run"), "--remote-timeout", "1", "--max-steps", "2", *SMALL], stderr,
+                  start_new_session=True)
+    try:
+        waited = 0.0
+        while StallingShards.tar_requests == 0:  # a loader worker is now waiting on the stalled server
+            assert proc.poll() is None and waited < 120, stderr.read_text()[-3000:]
+            time.sleep(0.2)
+            waited += 0.2
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=90) == 143, stderr.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

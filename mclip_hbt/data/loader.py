@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mclip_hbt.data.samples import FaultCounter, decode_sample, read_tar_samples
 from mclip_hbt.data.shard_plan import EpochPlan, SlotPlan, epoch_length, expand_shards, merge_order, plan_epoch
+from mclip_hbt.data.urls import DEFAULT_STALL_S
 from mclip_hbt.options import OptionError, option
 from mclip_hbt.runtime import distributed_rank_world
 
@@ -62,8 +63,12 @@ class LoaderConfig:
     workers: int = option(2, "DataLoader worker processes per rank (0 = decode in the main process).")
     chunk_size: int = option(32, "Samples per chunk that a worker hands to the hybrid batcher.")
     shuffle_buffer: int = option(1000, "Sample shuffle buffer per worker.")
+    remote_timeout: float = option(DEFAULT_STALL_S, "Seconds an http(s) shard read may stall (or take to connect) "
+                                                    "before the shard is given up as damaged (counted, skipped).")
 
     def __post_init__(self) -> None:
+        if not self.remote_timeout >= 1:  # NaN too
+            raise OptionError("remote_timeout", f"must be >= 1 second, got {self.remote_timeout}")
         for name, least in (("workers", 0), ("chunk_size", 1), ("shuffle_buffer", 0)):
             if getattr(self, name) < least:
                 raise OptionError(name, f"must be >= {least}, got {getattr(self, name)}")
@@ -78,7 +83,8 @@ class SampleStream(IterableDataset):
     def __init__(self, config: LoaderConfig, image_transform: Callable, *, seed: int = 0, epoch: int = 0,
                  rank: int | None = None, world_size: int | None = None, draft_size: int | None = None):
         super().__init__()
-        self.shards = expand_shards(config.train_data, config.train_data_weights)
+        self.shards = expand_shards(config.train_data, config.train_data_weights, config.remote_timeout)
+        self.remote_timeout = config.remote_timeout
         self.rank, self.world_size = distributed_rank_world(rank, world_size)
         samples_per_epoch = epoch_length(self.shards, resampled=config.resampled,
                                          samples_per_epoch=config.samples_per_epoch, world_size=self.world_size,
@@ -140,7 +146,7 @@ class SampleStream(IterableDataset):
             empty_draws = 0
             while empty_draws < _MAX_EMPTY_DRAWS:
                 empty_draws += 1
-                for sample in read_tar_samples(rng.choices(urls, weights)[0], faults):
+                for sample in read_tar_samples(rng.choices(urls, weights)[0], faults, stall_s=self.remote_timeout):
                     empty_draws = 0
                     yield sample
             logger.error("no samples in %d consecutive shard draws; ending this worker's epoch early", _MAX_EMPTY_DRAWS)
@@ -148,7 +154,8 @@ class SampleStream(IterableDataset):
         # in a sample-level split every slot reads every shard; one of them reports damaged tars
         tar_faults = faults if slot.keep_offset == 0 else FaultCounter()
         for url, offset, size in slot.shards:
-            for index, sample in enumerate(read_tar_samples(url, tar_faults, expected=size)):
+            for index, sample in enumerate(read_tar_samples(url, tar_faults, expected=size,
+                                                            stall_s=self.remote_timeout)):
                 if (offset + index) % slot.keep_every == slot.keep_offset:
                     yield sample
 

@@ -17,12 +17,12 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 
 import torch
-import webdataset as wds
 from PIL import Image
 from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
 from mclip_hbt.data.images import ImageError, open_image
 from mclip_hbt.data.shards import IMAGE_EXTS
+from mclip_hbt.data.urls import DEFAULT_STALL_S, open_url
 from mclip_hbt.fileio import parse_json
 from mclip_hbt.languages import canonical_lang
 
@@ -71,7 +71,8 @@ def _complete(sample: dict | None) -> bool:
     return sample is not None and "json" in sample and any(ext in sample for ext in IMAGE_EXTS)
 
 
-def read_tar_samples(url: str, faults: FaultCounter, expected: int | None = None) -> Iterator[dict]:
+def read_tar_samples(url: str, faults: FaultCounter, expected: int | None = None,
+                     stall_s: float = DEFAULT_STALL_S) -> Iterator[dict]:
     """Group a tar's members into raw samples (``__key__``, ``__url__``, one entry per extension).
 
     Unlike webdataset's ``tarfile_to_samples`` this never lets a damaged shard leak a partial sample
@@ -81,7 +82,7 @@ def read_tar_samples(url: str, faults: FaultCounter, expected: int | None = None
     current: dict | None = None
     count = 0
     try:
-        with wds.gopen(url) as stream:
+        with open_url(url, stall_s) as stream:
             for member in tar_file_iterator(stream):
                 prefix, suffix = base_plus_ext(member["fname"])
                 if prefix is None:

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import webdataset as wds
 
+from mclip_hbt.data.urls import DEFAULT_STALL_S, open_url
 from mclip_hbt.options import OptionError
 
 
@@ -45,11 +46,11 @@ class Shard:
     weight: float  # source weight, for resampling
 
 
-def _sizes_file(directory: str, cache: dict[str, dict | None]) -> dict | None:
+def _sizes_file(directory: str, cache: dict[str, dict | None], stall_s: float) -> dict | None:
     """A directory's parsed ``sizes.json`` (read once per directory); None when absent or unreadable."""
     if directory not in cache:
         try:
-            with wds.gopen(os.path.join(directory, "sizes.json")) as stream:
+            with open_url(os.path.join(directory, "sizes.json"), stall_s) as stream:
                 sizes = json.load(stream)
             cache[directory] = sizes if isinstance(sizes, dict) else None
         except (OSError, ValueError):
@@ -57,9 +58,9 @@ def _sizes_file(directory: str, cache: dict[str, dict | None]) -> dict | None:
     return cache[directory]
 
 
-def _read_sizes(url: str, cache: dict[str, dict | None]) -> int | None:
+def _read_sizes(url: str, cache: dict[str, dict | None], stall_s: float) -> int | None:
     directory, name = os.path.split(url)
-    sizes = _sizes_file(directory, cache)
+    sizes = _sizes_file(directory, cache, stall_s)
     return None if sizes is None or name not in sizes else int(sizes[name])
 
 
@@ -72,7 +73,7 @@ def _check_directory(source: str, tar_paths: list[str], cache: dict[str, dict | 
     """
     if not tar_paths:
         return
-    sizes = _sizes_file(os.path.dirname(tar_paths[0]), cache)
+    sizes = _sizes_file(os.path.dirname(tar_paths[0]), cache, DEFAULT_STALL_S)  # a local folder
     redo = "it looks like an interrupted write: re-run the recipe that made it (data_recipes.from_captions, " \
            "synth_scenes or translate) into an empty folder"
     if sizes is None:
@@ -105,7 +106,8 @@ def brace_count(pattern: str) -> int:
     return count
 
 
-def expand_shards(urls: str | Sequence[str], weights: str | Sequence[float] | None = None) -> list[Shard]:
+def expand_shards(urls: str | Sequence[str], weights: str | Sequence[float] | None = None,
+                  stall_s: float = DEFAULT_STALL_S) -> list[Shard]:
     """Expand ``"a/s-{000..009}.tar::b/s-{0..3}.tar"`` (or a list of such sources) into shards.
 
     A source that is a local directory stands for the ``*.tar`` files in it.
@@ -146,7 +148,7 @@ def expand_shards(urls: str | Sequence[str], weights: str | Sequence[float] | No
             except ValueError as err:  # a brace pattern webdataset cannot expand
                 raise OptionError("train_data", str(err)) from None
         for url in urls_of_source:
-            shards.append(Shard(url, _read_sizes(url, sizes_cache), factor))
+            shards.append(Shard(url, _read_sizes(url, sizes_cache, stall_s), factor))
     if not shards:
         raise OptionError("train_data", f"no shards in {urls!r}")
     return shards

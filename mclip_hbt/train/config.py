@@ -106,7 +106,8 @@ class TrainConfig:
         captions only with ``--no-machine-translations``; None when a source has none. Raises ``OptionError`` for
         a dataset.json that cannot be read."""
         counts: dict[str, int] = {}
-        for stats_file in sorted({Path(s.url).parent / "dataset.json" for s in expand_shards(self.data.train_data)}):
+        shards = expand_shards(self.data.train_data, stall_s=self.data.remote_timeout)
+        for stats_file in sorted({Path(s.url).parent / "dataset.json" for s in shards}):
             if not stats_file.is_file():
                 return None
             try:
@@ -171,7 +172,7 @@ class TrainConfig:
         data = self.data
         if not data.train_data:
             raise OptionError("train_data", "no training shards given")
-        shards = expand_shards(data.train_data, data.train_data_weights)
+        shards = expand_shards(data.train_data, data.train_data_weights, data.remote_timeout)
         missing = [s.url for s in shards if "://" not in s.url and not Path(s.url).is_file()]
         if missing:
             raise OptionError("train_data", f"{len(missing)} shard file(s) missing, e.g. {missing[:3]}; build shards "
