@@ -79,9 +79,11 @@ def check_common_arguments(parser: argparse.ArgumentParser, args: argparse.Names
     if args.text_only and args.translate_test:
         parser.error("--translate-test scores images; it cannot be combined with --text-only")
     try:
-        torch.device(args.device)
+        kind = torch.device(args.device).type
     except RuntimeError as e:
         parser.error(f"--device: {e}")
+    if kind not in ("cpu", "cuda", "mps"):  # meta, xla, ...: no evaluator computes numbers there
+        parser.error(f"--device {args.device}: evaluate on cpu, cuda or mps")
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available on this machine")
     if args.plot is not None and args.plot.suffix.lower() != ".png":
@@ -107,6 +109,8 @@ def parse_languages(parser: argparse.ArgumentParser, spec: list[str], available:
     missing = [lang for lang in langs if lang not in available]
     if missing:
         parser.error(f"--lang: no captions for {', '.join(missing)} (available: {', '.join(available)})")
+    if not langs:
+        parser.error(f"--lang: no language given; name some (available: {', '.join(available)}) or 'all'")
     return langs
 
 

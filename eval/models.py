@@ -181,10 +181,12 @@ def saved_model_name(folder: Path) -> str:
     """What a saved run is, for result records: ``mclip_hbt:PRESET``, or ``mclip_hbt:TEXT+VISION`` (the models it
     was created from) for a model built from a config of its own."""
     config = parse_json((folder / CONFIG_NAME).read_bytes())
-    preset = config.get("architecture", {}).get("preset")
-    if preset:
+    architecture = config.get("architecture") if isinstance(config, dict) else None
+    preset = architecture.get("preset") if isinstance(architecture, dict) else None
+    if isinstance(preset, str) and preset:
         return f"mclip_hbt:{preset}"
-    origin = config.get("created_from", {})
+    origin = config.get("created_from") if isinstance(config, dict) else None
+    origin = origin if isinstance(origin, dict) else {}  # it only names the run: an odd one is no reason to stop
     return f"mclip_hbt:{origin.get('text_model', 'unknown')}+{origin.get('vision_model', 'unknown')}"
 
 

@@ -61,6 +61,13 @@ def _number(value: object, what: str, convert=float):
         raise ValueError(f"{what} is {value!r}, not a number") from None
 
 
+def _measured(value: object, what: str) -> float:
+    """A figure read from a result file: a JSON number, finite (a recall written as text is a damaged file)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ValueError(f"{what} is {value!r}, not a number")
+    return float(value)
+
+
 def parse_label(text: str) -> tuple[float, int | None]:
     """``"alpha=0.5,seed=1"`` → (0.5, 1); the seed may be left out."""
     fields = dict(item.split("=", 1) for item in text.split(",") if "=" in item)
@@ -117,7 +124,7 @@ def check_summary(summary: object, where: str) -> dict:
     for lang, metrics in summary["monolingual"].items():
         if not isinstance(metrics, dict):
             raise ValueError(f"{where}.monolingual.{lang} is {metrics!r}, not an object")
-        _number(metrics.get("t2i_r@10"), f"{where}.monolingual.{lang}.t2i_r@10")
+        _measured(metrics.get("t2i_r@10"), f"{where}.monolingual.{lang}.t2i_r@10")
     for setting, keys in (("multilingual_image", ("map",)), ("multilingual_text", ("map", "rank_distance"))):
         values = summary.get(setting)
         if values is None:
@@ -125,7 +132,7 @@ def check_summary(summary: object, where: str) -> dict:
         if not isinstance(values, dict):
             raise ValueError(f"{where}.{setting} is {values!r}, not an object")
         for key in keys:
-            _number(values.get(key), f"{where}.{setting}.{key}")
+            _measured(values.get(key), f"{where}.{setting}.{key}")
     return summary
 
 
@@ -155,7 +162,7 @@ def load_run(file: Path, labels: dict[Path, str]) -> RunResult:
     else:
         raise ValueError(f"{file} names no α (no meta.train); give --label {file} alpha=A,seed=S")
     batches = train.get("batches") if isinstance(train, dict) else None
-    batches = batches if isinstance(batches, dict) else None
+    batches = check_batches(batches, f"{file}: meta.train.batches") if batches is not None else None
     summary = doc["summary"]
     if isinstance(summary, dict) and "zeroshot_classification" in summary:
         bench = str(doc["meta"].get("benchmark"))
@@ -164,13 +171,24 @@ def load_run(file: Path, labels: dict[Path, str]) -> RunResult:
     return RunResult(file, alpha, seed, summaries_by_benchmark(doc, file), batches)
 
 
+def check_batches(batches: object, where: str) -> dict:
+    """The trainer's summary of the batches a run drew, checked for the fields the report reads."""
+    if not isinstance(batches, dict) or not isinstance(batches.get("monolingual_share"), dict):
+        raise ValueError(f"{where} is not the trainer's batch summary (no 'monolingual_share' object)")
+    for key in ("steps", "monolingual_steps"):
+        _measured(batches.get(key), f"{where}.{key}")
+    for lang, share in batches["monolingual_share"].items():
+        _measured(share, f"{where}.monolingual_share.{lang}")
+    return batches
+
+
 def check_zeroshot(scores: object, where: str) -> dict:
     """eval.zeroshot's per-language scores, checked for the accuracy the report reads."""
     if not isinstance(scores, dict):
         raise ValueError(f"{where}.zeroshot_classification is {scores!r}, not an object")
     for lang, metrics in scores.items():
-        _number(metrics.get("acc1") if isinstance(metrics, dict) else None,
-                f"{where}.zeroshot_classification.{lang}.acc1")
+        _measured(metrics.get("acc1") if isinstance(metrics, dict) else None,
+                  f"{where}.zeroshot_classification.{lang}.acc1")
     return scores
 
 
@@ -268,7 +286,7 @@ def baseline_recall(doc: dict, file: Path) -> dict[str, float]:
     """Per language, the caption X → English R@1 of a text-only result (the untrained encoder's)."""
     try:
         r1 = doc["summary"]["crosslingual"]["r@1"]
-        return {lang: _number(row["en"], f"{file}: crosslingual.r@1.{lang}.en") for lang, row in r1.items()
+        return {lang: _measured(row["en"], f"{file}: crosslingual.r@1.{lang}.en") for lang, row in r1.items()
                 if lang != "en"}
     except (KeyError, TypeError) as e:
         raise ValueError(f"--baseline {file}: not a text-only result with English captions "

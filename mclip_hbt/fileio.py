@@ -7,6 +7,7 @@ a read-only folder or a file where a folder should be is one plain error, not a 
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import glob
 import json
@@ -145,12 +146,18 @@ def build_once(directory: str | os.PathLike, stamp: Mapping[str, Any], build: Ca
 
     if not force and current():
         return directory
-    with exclusive_lock(directory.with_name(f".{directory.name}.lock")):
-        if not force and current():  # another process built it while this one waited
-            return directory
-        with atomic_directory(directory) as staging:
-            build(staging)
-            write_json_atomic(staging / BUILD_STAMP, stamp)
+    try:
+        with exclusive_lock(directory.with_name(f".{directory.name}.lock")):
+            if not force and current():  # another process built it while this one waited
+                return directory
+            with atomic_directory(directory) as staging:
+                build(staging)
+                write_json_atomic(staging / BUILD_STAMP, stamp)
+    except OSError as err:
+        if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC):
+            raise
+        raise OutputError(f"cannot write the cache folder {directory} ({err.strerror}); set MCLIP_HBT_CACHE to a "
+                          "folder you can write to (the converted models go there once)") from err
     return directory
 
 

@@ -47,6 +47,9 @@ def language_name(code: str) -> str:
 def parse_lang_list(spec: str | Iterable[str], default: Iterable[str] = XTD_LANGS) -> list[str]:
     """Parse ``"all"``, ``"en,de,jp"`` or a list into canonical codes, keeping order, dropping repeats."""
     items = spec.split(",") if isinstance(spec, str) else list(spec)
+    strange = [i for i in items if not isinstance(i, str)]
+    if strange:  # a YAML list of numbers, say
+        raise ValueError(f"language codes are text, like 'de' or 'jp'; got {strange[0]!r}")
     items = [s for s in (i.strip() for i in items) if s]
     if items == ["all"]:
         items = list(default)

@@ -157,7 +157,8 @@ def _load_vision_weights(visual: nn.Module, arch: str, pretrained: str) -> dict:
     if os.path.isfile(pretrained):
         path, pcfg = pretrained, {}
     elif bundled is not None and pretrained == IMAGENET_TAG:
-        visual.trunk.load_state_dict(trunk_state_dict(bundled))  # the projection head to embed_dim starts fresh
+        weights = load_or_explain(lambda: trunk_state_dict(bundled), "bundled image weights", bundled)
+        visual.trunk.load_state_dict(weights)  # the projection head to embed_dim starts fresh
         return bundled_vision_preprocess(bundled)
     else:
         pcfg = get_pretrained_cfg(arch, pretrained)

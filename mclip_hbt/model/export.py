@@ -133,10 +133,16 @@ def relink(folder: str | Path) -> Path:
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
         text_cfg = config["model_cfg"]["text_cfg"]
+        if not isinstance(text_cfg, dict):
+            raise TypeError(f"model_cfg.text_cfg is {type(text_cfg).__name__}, not an object")
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ExportError(f"{config_file} is not an open_clip export's config ({type(err).__name__}: {err})") from None
     text_cfg["hf_model_name"] = text_cfg["hf_tokenizer_name"] = str(folder.resolve())
-    write_json_atomic(config_file, config)
+    try:
+        write_json_atomic(config_file, config)
+    except OSError as err:
+        raise ExportError(f"cannot rewrite {config_file} ({err.strerror or err}); make the folder writable, or copy "
+                          "it somewhere writable and relink the copy") from None
     return folder
 
 

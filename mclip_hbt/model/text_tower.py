@@ -31,6 +31,10 @@ class TextTower(nn.Module):
     def __init__(self, transformer: nn.Module, tokenizer: PreTrainedTokenizerBase, pooling: str = "mean",
                  prefix: str = "", max_length: int = 77):
         super().__init__()
+        positions = getattr(transformer.config, "max_position_embeddings", None)
+        if positions is not None and max_length > usable_positions(transformer.config):
+            raise ValueError(f"max_length {max_length} is beyond the {usable_positions(transformer.config)} positions "
+                             f"of the text encoder ({transformer.config.model_type}); use at most that")
         self.transformer = transformer
         self.tokenizer = tokenizer
         self.pooling = pooling
@@ -44,7 +48,7 @@ class TextTower(nn.Module):
     def from_name(cls, name_or_path: str, *, pretrained: bool = True, config_overrides: Mapping | None = None,
                   pooling: str = "mean", prefix: str = "", max_length: int = 77) -> "TextTower":
         """Load a hub name, a local directory or ``bundled:NAME``; ``pretrained=False`` gives random weights."""
-        path = resolve_model_name(name_or_path)
+        path = load_or_explain(lambda: resolve_model_name(name_or_path), "bundled model", name_or_path)
         tokenizer = load_or_explain(lambda: AutoTokenizer.from_pretrained(path), "tokenizer", name_or_path)
         config = load_or_explain(lambda: AutoConfig.from_pretrained(path, **dict(config_overrides or {})),
                                  "text encoder config", name_or_path)
@@ -125,6 +129,12 @@ class TextTower(nn.Module):
         """Freeze the token embedding matrix (most of a multilingual encoder's parameters)."""
         for p in self.transformer.get_input_embeddings().parameters():
             p.requires_grad = False
+
+
+def usable_positions(config) -> int:
+    """How many tokens an encoder takes: its position table, less RoBERTa-style models' padding offset."""
+    offset = config.pad_token_id + 1 if config.model_type in _POOLER_MODEL_TYPES - {"bert"} else 0
+    return config.max_position_embeddings - offset
 
 
 # Encoders whose AutoModel class adds a pooler head by default; pooling here is ours, so skip it.

@@ -5,6 +5,7 @@ import os
 from collections.abc import Callable
 from typing import TypeVar
 
+from mclip_hbt.fileio import OutputError
 from mclip_hbt.offline.bundled_e5 import BUNDLED_E5
 
 T = TypeVar("T")
@@ -22,6 +23,8 @@ def load_or_explain(load: Callable[[], T], what: str, name: str) -> T:
     """Run ``load``; turn the hub's lookup errors into a :class:`ModelUnavailableError` that says what to do."""
     try:
         return load()
+    except OutputError as err:  # a cache that cannot be written: its own message says what to do
+        raise ModelUnavailableError(str(err)) from err
     except (OSError, ValueError, RuntimeError) as err:
         if isinstance(err, ModelUnavailableError):
             raise

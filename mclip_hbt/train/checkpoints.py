@@ -44,8 +44,8 @@ TRAIN_STATE_FILE = "train_state.pt"  # optimizer, scheduler, grad scaler and Tra
 WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
 #: What reading a damaged or foreign checkpoint file raises; weights_only refuses a pickle of anything
 #: but tensors and plain data with an UnpicklingError.
-READ_ERRORS = (OSError, RuntimeError, ValueError, KeyError, TypeError, IndexError, pickle.UnpicklingError,
-               SafetensorError)
+READ_ERRORS = (OSError, RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError,
+               pickle.UnpicklingError, SafetensorError)
 
 
 class SaveError(RuntimeError):
