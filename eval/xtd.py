@@ -39,8 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "val2014/); not needed with --text-only")
     parser.add_argument("--captions", type=Path, default=None,
                         help="XTD-layout caption folder (default: xtd10/ in $MCLIP_HBT_DATA or ../shared/data)")
-    parser.add_argument("--dataset", default="xtd10",
-                        help="dataset name written into the result records (default: %(default)s)")
+    parser.add_argument("--dataset", default=None,
+                        help="dataset name written into the result records (default: xtd10 for the XTD10 captions, "
+                             "else the --captions folder's name, so another split never passes for XTD10)")
     return parser
 
 
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     check_common_arguments(parser, args)
     captions_dir = args.captions or shared_data_dir() / "xtd10"
+    if args.dataset is None:
+        args.dataset = "xtd10" if captions_dir.resolve() == (shared_data_dir() / "xtd10").resolve() \
+            else captions_dir.resolve().name
     try:
         available = available_xtd_languages(captions_dir)
     except BenchmarkDataError as e:

@@ -86,6 +86,6 @@ def test_every_path_the_dockerfile_copies_exists():
 
 def test_dockerfile_installs_the_extra_the_readme_documents():
     installed = set(re.findall(r"pip install [^\n]*'\.\[([a-z,]+)\]'", _dockerfile()))
-    documented = set(re.findall(r"pip install 'mclip-hbt\[([a-z,]+)\]'", (REPO_ROOT / "README.md").read_text()))
+    documented = set(re.findall(r"pip install -e '\.\[([a-z,]+)\]'", (REPO_ROOT / "README.md").read_text()))
     assert installed and installed == documented
     assert re.search(r"ENTRYPOINT \[\"mclip-hbt-entrypoint\"\]", _dockerfile())

@@ -356,3 +356,5 @@ def test_precision_comes_from_the_launcher_unless_given_here(shards, tmp_path, m
                                 "--max-steps", "1", *ours])
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "run/model/train_meta.json").read_text())["mixed_precision"] == expected
+    # and train_config.json says so too: a run started again from it (--config) trains in the same precision
+    assert json.loads((tmp_path / "run/train_config.json").read_text())["mixed_precision"] == expected

@@ -193,9 +193,9 @@ def set_up(config: TrainConfig, accelerator: Accelerator, output_dir: Path, clea
         run.state.segments.append({"from_step": 0, "options": options})
     elif run.state.segments[-1]["options"] != options:  # a resume with changes the user allowed
         run.state.segments.append({"from_step": run.state.step, "options": options})
-    if accelerator.is_main_process:
-        write_text_atomic(output_dir / "train_config.json",
-                          json.dumps(config.flat_options(), indent=2, default=str) + "\n")
+    if accelerator.is_main_process:  # the precision the launcher chose, so a re-run from this file trains alike
+        recorded = {**config.flat_options(), "mixed_precision": accelerator.mixed_precision}
+        write_text_atomic(output_dir / "train_config.json", json.dumps(recorded, indent=2, default=str) + "\n")
     if config.report_to != "none":
         accelerator.init_trackers("mclip_hbt", config={k: v for k, v in config.flat_options().items()
                                                        if isinstance(v, (int, float, str, bool))})
