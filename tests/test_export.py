@@ -83,7 +83,11 @@ def test_a_trained_models_export_moved_and_relinked_loads_with_our_embeddings(tm
     model.save_pretrained(tmp_path / "run" / "model")
     assert export_main(["open_clip", str(tmp_path / "run" / "model"), str(tmp_path / "export")]) == 0
     moved = shutil.move(tmp_path / "export", tmp_path / "elsewhere" / "export")
+    # open_clip's own error after a move is a Hugging Face "repo id" complaint: the folder says what to do
+    readme = (Path(moved) / "README.md").read_text()
+    assert "python -m mclip_hbt.export relink NEW_PLACE" in readme and str(tmp_path / "export") in readme
     assert export_main(["relink", str(moved)]) == 0
+    assert str(Path(moved).resolve()) in (Path(moved) / "README.md").read_text()
     text_cfg = json.loads((Path(moved) / OPEN_CLIP_CONFIG).read_text())["model_cfg"]["text_cfg"]
     assert text_cfg["hf_model_name"] == str(Path(moved).resolve())
     theirs = load_elsewhere("open_clip", Path(moved), pixels, tmp_path)

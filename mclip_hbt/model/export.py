@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from tokenizers import normalizers
 from transformers import AutoTokenizer
 
-from mclip_hbt.fileio import atomic_directory, write_json_atomic
+from mclip_hbt.fileio import atomic_directory, write_json_atomic, write_text_atomic
 from mclip_hbt.model.clip import MultilingualCLIP, resolve_vision_cfg
 from mclip_hbt.offline.hf_files import save_tokenizer
 
@@ -36,6 +36,22 @@ TEXT_PROJECTION_WEIGHTS = "text_projection.safetensors"
 #: How a transformers export is used: pooling, prefix (already in the tokenizer) and the projection file.
 TEXT_ENCODER_CARD = "mclip_hbt_text_encoder.json"
 POOLERS = {"mean": "mean_pooler", "cls": "cls_last_hidden_state_pooler"}
+#: Beside an open_clip export: what to do when it was moved, since open_clip's own error (a Hugging Face "repo
+#: id" complaint about the old path) cannot say it.
+EXPORT_README = "README.md"
+MOVED_EXPORT_HELP = """# An open_clip export of an mclip_hbt model
+
+Load it with `open_clip.create_model_and_transforms("local-dir:THIS_FOLDER")` and
+`open_clip.get_tokenizer("local-dir:THIS_FOLDER")`; the text prefix (E5's "query: ") is inside the tokenizer.
+
+open_clip reads `text_cfg.hf_model_name` in `open_clip_config.json` as a path from the working directory, so it
+holds this folder's absolute path: {folder}
+
+**Moved or copied this folder?** open_clip then fails with a Hugging Face "repo id" error naming the old path.
+Point the export at its new place:
+
+    python -m mclip_hbt.export relink NEW_PLACE
+"""
 
 
 class ExportError(ValueError):
@@ -105,6 +121,7 @@ def export_open_clip(model: MultilingualCLIP, out: str | Path) -> Path:
         save_tokenizer_with_prefix(model, staging)
         save_file(open_clip_state_dict(model), str(staging / OPEN_CLIP_WEIGHTS))
         write_json_atomic(staging / OPEN_CLIP_CONFIG, open_clip_config(model, out))
+        write_text_atomic(staging / EXPORT_README, MOVED_EXPORT_HELP.format(folder=out.resolve()))
     return out
 
 
@@ -140,6 +157,7 @@ def relink(folder: str | Path) -> Path:
     text_cfg["hf_model_name"] = text_cfg["hf_tokenizer_name"] = str(folder.resolve())
     try:
         write_json_atomic(config_file, config)
+        write_text_atomic(folder / EXPORT_README, MOVED_EXPORT_HELP.format(folder=folder.resolve()))
     except OSError as err:
         raise ExportError(f"cannot rewrite {config_file} ({err.strerror or err}); make the folder writable, or copy "
                           "it somewhere writable and relink the copy") from None
