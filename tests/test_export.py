@@ -139,3 +139,18 @@ def test_a_killed_exports_staging_copy_is_removed_by_the_next_export(tmp_path):
     finally:
         os.kill(sleeper.pid, signal.SIGKILL)
         sleeper.wait()
+
+
+@pytest.mark.parametrize("projection", ["orthogonal", "mlp"])  # a rotation exports as its linear map
+def test_sentence_transformers_loads_the_text_encoder_export_into_the_image_text_space(projection, tmp_path):
+    # It once loaded the encoder without the projection: vectors outside the space the images live in.
+    from sentence_transformers import SentenceTransformer
+
+    torch.manual_seed(0)
+    model = create_model("tiny", projection=projection).eval()
+    export_transformers(model, tmp_path / "encoder")
+    texts = ["ein rotes Herz", "a red heart", "赤いハート"]  # no "query: ": the exported tokenizer adds it
+    theirs = torch.tensor(SentenceTransformer(str(tmp_path / "encoder"), device="cpu").encode(texts))
+    with torch.no_grad():
+        ours = model.encode_text(model.tokenize(texts))
+    assert torch.allclose(theirs, ours, atol=1e-5, rtol=0)

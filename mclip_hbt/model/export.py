@@ -139,8 +139,48 @@ def export_transformers(model: MultilingualCLIP, out: str | Path) -> Path:
             "embed_dim": resolve_vision_cfg(model.config)[0],
             "usage": "mean of the last hidden state over the attention mask (cls: its first token), then "
                      "projection_weights (a Linear without bias, or Linear-GELU-Linear for mlp), then L2 norm; "
-                     "the tokenizer already prepends prefix_in_tokenizer"})
+                     "the tokenizer already prepends prefix_in_tokenizer: do not add it again"})
+        write_sentence_transformers_modules(model, staging)
     return out
+
+
+#: sentence-transformers' classic module layout (``sentence_transformers.models.*``), which its releases since
+#: 2.x read: the folder loads as ``SentenceTransformer(OUT)`` and encodes into the image–text space.
+_ST_IDENTITY, _ST_GELU = "torch.nn.modules.linear.Identity", "torch.nn.modules.activation.GELU"
+
+
+def write_sentence_transformers_modules(model: MultilingualCLIP, folder: Path) -> None:
+    """Transformer (this folder) → Pooling → the projection as Dense layer(s) → Normalize."""
+    width, pooling = model.text.width, model.config.pooling
+    modules = [("", "Transformer")]
+    (folder / "1_Pooling").mkdir()
+    write_json_atomic(folder / "1_Pooling" / "config.json", {
+        "word_embedding_dimension": width, "pooling_mode_cls_token": pooling == "cls",
+        "pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False, "pooling_mode_weightedmean_tokens": False,
+        "pooling_mode_lasttoken": False, "include_prompt": True})
+    modules.append(("1_Pooling", "Pooling"))
+    proj, kind = model.text_projection, model.config.projection
+    layers = ([(proj, _ST_IDENTITY)] if kind in ("linear", "orthogonal")
+              else [(proj[0], _ST_GELU), (proj[2], _ST_IDENTITY)] if kind == "mlp" else [])
+    for linear, activation in layers:
+        name = f"{len(modules)}_Dense"
+        (folder / name).mkdir()
+        write_json_atomic(folder / name / "config.json", {
+            "in_features": linear.in_features, "out_features": linear.out_features, "bias": False,
+            "activation_function": activation})
+        save_file(_plain({"linear.weight": linear.weight}), str(folder / name / "model.safetensors"))
+        modules.append((name, "Dense"))
+    name = f"{len(modules)}_Normalize"
+    (folder / name).mkdir()
+    modules.append((name, "Normalize"))
+    write_json_atomic(folder / "modules.json", [
+        {"idx": i, "name": str(i), "path": path, "type": f"sentence_transformers.models.{kind}"}
+        for i, (path, kind) in enumerate(modules)])
+    write_json_atomic(folder / "sentence_bert_config.json", {"max_seq_length": model.text.max_length,
+                                                              "do_lower_case": False})
+    write_json_atomic(folder / "config_sentence_transformers.json", {
+        "prompts": {}, "default_prompt_name": None, "similarity_fn_name": "cosine"})
 
 
 def relink(folder: str | Path) -> Path:
