@@ -159,8 +159,8 @@ def stage_train(run_dir: Path, data_dir: Path, config: Path, alpha: float, seed:
     """Train one run into ``run_dir``; a run already there is kept (or resumed) only when it was asked for with the
     same settings, which ``run_dir/demo_settings.json`` records, and refused otherwise."""
     model_dir = run_dir / "model"
-    settings = {"config": str(config), "train_data": str(data_dir / "train"), "alpha": alpha, "seed": seed,
-                "steps": steps, "train_args": train_args}
+    settings = {"config": str(config.resolve()), "train_data": str((data_dir / "train").resolve()), "alpha": alpha,
+                "seed": seed, "steps": steps, "train_args": train_args}  # paths resolved: one folder, one spelling
     record = run_dir / DEMO_SETTINGS
     if record.is_file() and _load(record) != settings:
         raise SystemExit(f"demo.py: error: {run_dir} holds a run made with other settings ({_load(record)}, not "

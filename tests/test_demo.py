@@ -154,8 +154,9 @@ def test_a_run_folder_made_with_other_settings_is_refused_not_reported_as_new(de
     common = ["run", "--world", "synth", "--train-samples", "20", "--out", str(tmp_path / "demo")]
     with pytest.raises(RuntimeError, match="evaluation reached"):
         demo_module.main([*common, "--alpha", "0.5"])
-    with pytest.raises(RuntimeError, match="evaluation reached"):  # the same settings: kept, not trained again
-        demo_module.main([*common, "--alpha", "0.5"])
+    monkeypatch.chdir(tmp_path)  # the same settings, the same folders spelled relatively: kept, not trained again
+    with pytest.raises(RuntimeError, match="evaluation reached"):
+        demo_module.main(["run", "--world", "synth", "--train-samples", "20", "--out", "demo", "--alpha", "0.5"])
     assert len(trained) == 1 and "training skipped" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_info:
         demo_module.main([*common, "--alpha", "0"])
