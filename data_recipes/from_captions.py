@@ -33,7 +33,7 @@ from tqdm import tqdm
 from mclip_hbt.data.benchmark_images import BenchmarkImages, read_benchmark_images
 from mclip_hbt.data.caption_files import CaptionFileError, read_aligned_captions
 from mclip_hbt.data.images import PIL_FORMATS, ImageFinder, encode_image
-from mclip_hbt.data.shards import CaptionShardWriter, is_shard_folder
+from mclip_hbt.data.shards import SKIPPED_FILE, CaptionShardWriter, is_shard_folder
 from mclip_hbt.fileio import OutputError, check_output_dir, check_replaceable, parse_json, write_text_atomic
 from mclip_hbt.languages import canonical_lang, parse_lang_list
 
@@ -188,7 +188,7 @@ def build_shards(entries: list[Entry], images_dir: str | os.PathLike, out_dir: s
                 **checked, "allowed": allow_benchmark_images,
                 **{what: {b: len(names) for b, names in sorted(hits.items())} for what, hits in benchmark_hits.items()},
                 "kept_images": dict(sorted(benchmark_hits["kept"].items()))}})
-    write_text_atomic(out_dir / "skipped.jsonl", "".join(json.dumps(s, ensure_ascii=False) + "\n"
+    write_text_atomic(out_dir / SKIPPED_FILE, "".join(json.dumps(s, ensure_ascii=False) + "\n"
                                                          for _, s in sorted(skipped, key=lambda x: x[0])))
     return stats
 

@@ -166,7 +166,7 @@ def test_a_fault_once_the_steps_run_keeps_its_traceback(synth, tmp_path):
     # status 1 of any uncaught exception, never "train.py: error: ..." with the exit status 2 of a bad flag.
     inject = ("import sys\nfrom mclip_hbt.train import loop as trainer\nreal_step = trainer.train_step\n"
               "def failing_step(*args):\n"
-              "    if args[-1].step == 3:\n"
+              "    if args[7].step == 3:  # the TrainingState\n"
               "        raise ValueError('injected fault at step 3')\n"
               "    return real_step(*args)\n"
               "trainer.train_step = failing_step\ntrainer.cli_main(sys.argv[1:])\n")

@@ -25,6 +25,8 @@ from mclip_hbt.languages import canonical_lang
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 #: The files beside the shards that describe a finished set; a folder without them is unfinished.
 STATS_FILES = ("sizes.json", "dataset.json")
+#: A recipe's list of the inputs it skipped and why, beside the shards it wrote.
+SKIPPED_FILE = "skipped.jsonl"
 
 
 def sample_record(captions: dict[str, list[str]], mt: list[str] | tuple[str, ...] = (), source: str = "") -> dict:
@@ -55,9 +57,11 @@ def iter_shard(path: str | os.PathLike) -> Iterator[ShardSample]:
 
 
 def is_shard_folder(folder: Path) -> bool:
-    """A folder a shard writer made: its statistics, or only shards, whole or in progress (an interrupted run)."""
+    """A folder a shard writer made: its statistics, or only shards (whole or in progress) and a recipe's skip
+    report: what an interrupted run leaves, since the old statistics go before the first new shard."""
     names = [p.name for p in folder.iterdir()]
-    return any(name in STATS_FILES for name in names) or all(name.endswith((".tar", ".tar.tmp")) for name in names)
+    return any(name in STATS_FILES for name in names) or all(
+        name.endswith((".tar", ".tar.tmp")) or name == SKIPPED_FILE for name in names)
 
 
 class CaptionShardWriter:
