@@ -42,9 +42,6 @@ ROWS: dict[str, tuple[str, str, str]] = {
                      "--text-distill-weight 0", "LoRA r 8 on query/value of every block, adapter lr 5e-4"),
     "lora-teacher": ("text", "--text-unlocked-layers -1 --no-freeze-word-embeddings --text-lora-rank 8 "
                              "--text-lr 5e-4", "LoRA r 8 + teacher term (weight 1)"),
-    "lora-pairs": ("text", "--text-unlocked-layers -1 --no-freeze-word-embeddings --text-lora-rank 8 --text-lr 5e-4 "
-                           "--text-distill-weight 0 --text-pair-weight 0.5",
-                   "LoRA r 8 + text-text term on CLDR name pairs (weight 0.5)"),
 }
 GROUP_ORDER = ("high", "low", "unseen")
 
