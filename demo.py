@@ -31,25 +31,23 @@ import argparse
 import json
 import os
 import shlex
-import signal
-import statistics
 import subprocess
 import sys
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from data_recipes import emoji_world, synth_scenes
 from data_recipes.worlds import SettingsMismatch
 from eval.report_data import groups_from_world
+from eval.run_table import results_table
 from mclip_hbt.data.hybrid import HybridConfig
 from mclip_hbt.fileio import OutputError, write_json_atomic
 from mclip_hbt.languages import XTD_LANGS, parse_lang_list
 from mclip_hbt.offline.bundled_e5 import BUNDLED_E5, bundled_model_path
 from mclip_hbt.options import OptionError
 from mclip_hbt.paths import REPO_ROOT, shared_data_dir
+from mclip_hbt.processes import ChildProcesses
 
 
 @dataclass(frozen=True)
@@ -80,66 +78,19 @@ DEMO_LOW = emoji_world.LOW_RESOURCE[:5]
 #: What a run folder was trained with (config, data, alpha, seed, steps, extra train.py options).
 DEMO_SETTINGS = "demo_settings.json"
 DEMO_UNSEEN = ("hi", "ha", "yo", "zu")
-
-
-class Stages:
-    """The stage processes running now. SIGTERM or SIGINT to demo.py is passed on to each of them, and demo.py
-    exits (128 + the signal) once they have: a stage left behind would go on alone, a train.py with its loader
-    workers, orphaned. With no stage running (the data stage runs in this process) demo.py exits at once."""
-
-    def __init__(self):
-        self.running: set[subprocess.Popen] = set()
-        self.stopped_by: int | None = None
-
-    @contextmanager
-    def forwarding_signals(self) -> Iterator[None]:
-        previous = {sig: signal.signal(sig, self._forward) for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-    def _forward(self, signum, frame) -> None:
-        self.stopped_by = signum
-        running = list(self.running)
-        if not running:
-            raise SystemExit(128 + signum)
-        print(f"[demo] {signal.Signals(signum).name}: passed on to {len(running)} stage(s); waiting for them",
-              file=sys.stderr, flush=True)
-        for proc in running:
-            proc.send_signal(signum)
-
-    def check(self) -> None:
-        """Exit as asked once the stages have stopped, instead of starting another."""
-        if self.stopped_by is not None:
-            raise SystemExit(128 + self.stopped_by)
-
-    def run(self, cmd: list[str], **kwargs) -> None:
-        self.check()
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, **kwargs)
-        self.running.add(proc)
-        try:
-            code = proc.wait()
-        finally:
-            self.running.discard(proc)
-        self.check()
-        if code:
-            raise subprocess.CalledProcessError(code, cmd)
-
-
-STAGES = Stages()
+#: Every stage process demo.py runs: a SIGTERM to demo.py reaches the stage running then.
+STAGES = ChildProcesses()
 
 
 def run(cmd: list[str], log: Path | None = None) -> None:
     """Run one stage; with ``log``, its output is appended there (runs going at once would interleave)."""
     print("+", " ".join(cmd) + (f"  > {log}" if log else ""), flush=True)
     if log is None:
-        STAGES.run(cmd)
+        STAGES.run(cmd, cwd=REPO_ROOT)
         return
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a") as sink:
-        STAGES.run(cmd, stdout=sink, stderr=subprocess.STDOUT)
+        STAGES.run(cmd, cwd=REPO_ROOT, stdout=sink, stderr=subprocess.STDOUT)
 
 
 def stage_inputs(out: Path, world: str, train_samples: int) -> Path:
@@ -289,57 +240,6 @@ def report_group_args(world: str, data_dir: Path) -> list[str]:
     return ["--groups", ";".join(f"{group}={','.join(langs)}" for group, langs in synth_groups().items() if langs)]
 
 
-def print_table(results: dict[str, dict], baselines: dict[str, dict], groups: dict[str, list[str]]) -> str:
-    """Per-language rows and group means (with the number of languages) on every test split, the
-    untrained encoder's caption X → English R@1 beside them when given, and the real-XTD10 check."""
-    benches = [b for b in results if b != "xtd10_text" and not b.startswith("zeroshot_")]
-    first = benches[0]
-    monos = {b: results[b]["summary"]["monolingual"] for b in benches}
-    zeroshot = results.get(f"zeroshot_{first}", {}).get("summary", {}).get("zeroshot_classification", {})
-    base_r1 = baselines.get(first, {}).get("summary", {}).get("crosslingual", {}).get("r@1", {})
-    header = f"{'group':<34}{'lang':<7}" + "".join(f"{b + ' R@10':>19}" for b in benches)
-    header += f"{first + ' R@1':>18}" + (f"{'zero-shot top-1':>17}" if zeroshot else "")
-    header += f"{'untrained X→en':>16}" if base_r1 else ""
-    lines = ["text→image retrieval over 1000 test images per split (chance R@10 = 0.01); zero-shot top-1: each "
-             "one-emoji picture among all the split's concept names; group rows are means over their (n) languages",
-             header, "-" * len(header)]
-    for group, members in groups.items():
-        langs = [lang for lang in members if lang in monos[first]]
-        if not langs:
-            continue
-        for lang in langs:
-            row = f"{group:<34}{lang:<7}" + "".join(f"{monos[b][lang]['t2i_r@10']:>19.3f}" for b in benches)
-            row += f"{monos[first][lang]['t2i_r@1']:>18.3f}"
-            if zeroshot:
-                row += f"{zeroshot[lang]['acc1']:>17.3f}" if lang in zeroshot else f"{'':>17}"
-            if base_r1:
-                row += f"{base_r1[lang]['en']:>16.3f}" if lang != "en" and lang in base_r1 else f"{'':>16}"
-            lines.append(row)
-        means = "".join(f"{statistics.fmean(monos[b][lang]['t2i_r@10'] for lang in langs):>19.3f}" for b in benches)
-        if zeroshot and all(lang in zeroshot for lang in langs):
-            means += f"{'':>18}{statistics.fmean(zeroshot[lang]['acc1'] for lang in langs):>17.3f}"
-        lines.append(f"{group + ' (' + str(len(langs)) + ')':<34}{'mean':<7}{means}")
-        lines.append("")
-    for b in benches:
-        mi, mt = results[b]["summary"]["multilingual_image"], results[b]["summary"]["multilingual_text"]
-        lines.append(f"{b}: multilingual image→caption pool mAP {mi['map']:.3f}, R@10 {mi['r@10']:.3f}; caption "
-                     f"pool mAP {mt['map']:.3f}, rank distance {mt['rank_distance']:.1f}")
-    if "xtd10_text" in results and "xtd10_text" in baselines:
-        trained = results["xtd10_text"]["summary"]["crosslingual"]["r@1"]
-        untrained = baselines["xtd10_text"]["summary"]["crosslingual"]["r@1"]
-        langs = [lang for lang in XTD_LANGS if lang != "en"]
-        lines.append("")
-        lines.append(f"{'real XTD10 captions, caption X → English R@1 (text-only)':>58}: "
-                     + " ".join(f"{lang:>6}" for lang in langs))
-        for name, r1 in (("trained", trained), ("untrained", untrained)):
-            lines.append(f"{name:>58}: " + " ".join(f"{r1[lang]['en']:>6.3f}" for lang in langs))
-        drop = max(untrained[lang]["en"] - trained[lang]["en"] for lang in langs)
-        lines.append(f"{'largest drop, trained below untrained':>58}: {drop:.3f} (the demo must stay within 0.02)")
-    table = "\n".join(lines)
-    print("\n" + table + "\n", flush=True)
-    return table
-
-
 def demo(args: argparse.Namespace, data_dir: Path) -> None:
     out, world = args.out, args.world
     text_cache = out.parent / "cache" / "text_features"
@@ -351,8 +251,9 @@ def demo(args: argparse.Namespace, data_dir: Path) -> None:
     baselines = untrained_baselines(out, data_dir, world, langs, text_cache, real_xtd, world_splits=False)
     run([sys.executable, "-m", "eval.report", str(out / "eval"), "--out", str(out / "report"),
          *report_group_args(world, data_dir)])
-    table = print_table({k: _load(v) for k, v in results.items()}, {k: _load(v) for k, v in baselines.items()},
-                        group_table(world, data_dir))
+    table = results_table({k: _load(v) for k, v in results.items()}, {k: _load(v) for k, v in baselines.items()},
+                          group_table(world, data_dir))
+    print("\n" + table + "\n", flush=True)
     (out / "results_table.txt").write_text(table + "\n")
     print(f"[demo] model: {model_dir}\n[demo] report: {out / 'report' / 'report.md'}", flush=True)
 
