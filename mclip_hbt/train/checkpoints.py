@@ -241,8 +241,9 @@ def check_resume_options(manifest: dict, path: Path, options: dict, allow_change
                                     "then records each segment's options)")
 
 
-def resolve_resume(resume: str, output_dir: Path, world_size: int) -> Path | None:
-    """The checkpoint ``--resume`` names (checked complete): ``auto`` the newest in ``output_dir``, ``none`` None."""
+def resolve_resume(resume: str, output_dir: Path, world_size: int) -> tuple[Path, dict] | None:
+    """The checkpoint ``--resume`` names and its manifest, checked complete (every file's size and SHA-256):
+    ``auto`` the newest in ``output_dir``, ``none`` None."""
     if resume == "none":
         return None
     if resume == "auto":
@@ -254,8 +255,7 @@ def resolve_resume(resume: str, output_dir: Path, world_size: int) -> Path | Non
         path = found[-1]
     else:
         path = Path(resume)
-    read_manifest(path, world_size)
-    return path
+    return path, read_manifest(path, world_size)
 
 
 def load_checkpoint(path: Path, accelerator: Accelerator, unwrapped: MultilingualCLIP,

@@ -40,7 +40,6 @@ from mclip_hbt.train.checkpoints import (
     TrainingState,
     check_resume_options,
     load_checkpoint,
-    read_manifest,
     remove_partial_checkpoints,
     resolve_resume,
     save_checkpoint,
@@ -148,10 +147,11 @@ def claim_output_dir(config: TrainConfig, output_dir: Path, world: int, cleanup:
                       flag=None)
     cleanup.callback(OutputLock(output_dir).release)
     remove_partial_checkpoints(output_dir)
-    resume_from = resolve_resume(config.resume, output_dir, world)
-    if resume_from is not None:
-        check_resume_options(read_manifest(resume_from, world), resume_from, config.trained_options(),
-                             config.allow_changed_options)
+    resolved = resolve_resume(config.resume, output_dir, world)
+    if resolved is None:
+        return None
+    resume_from, manifest = resolved  # checked once: reading it hashes every file of the checkpoint
+    check_resume_options(manifest, resume_from, config.trained_options(), config.allow_changed_options)
     return resume_from
 
 
