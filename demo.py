@@ -20,7 +20,7 @@ Worlds (both offline, both kept beside ``--out`` in ``OUT/../data/`` and shared 
 
 Then ``eval.xtd`` on the world's test splits and on the real XTD10 captions (``--text-only``, beside
 the untrained encoder), and ``eval.report``. Text-encoder outputs are cached in
-``OUT/../cache/text_features`` (``eval.text_cache``): every run with the frozen encoder, and the
+``OUT/../cache/text_features`` (``mclip_hbt.retrieval.text_cache``): every run with the frozen encoder, and the
 untrained encoder itself, encodes each caption once. Every stage leaves its output in place and is
 skipped when re-run; an interrupted training resumes from its last checkpoint; data asked for with
 other settings than the data already there is refused, before any work.

@@ -49,11 +49,11 @@ from bench.common import (
 )
 from eval import xtd
 from eval.benchmark_data import load_xtd_split
-from eval.models import RetrievalModel, load_retrieval_model
 from mclip_hbt.fileio import write_json_atomic
 from mclip_hbt.languages import XTD_LANGS
 from mclip_hbt.model.clip import create_model
 from mclip_hbt.paths import REPO_ROOT
+from mclip_hbt.retrieval.models import RetrievalModel, load_retrieval_model
 from mclip_hbt.runtime import machine_info, now_iso, package_versions
 
 PRESET = "e5-small-vit-b32"

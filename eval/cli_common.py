@@ -15,15 +15,15 @@ from mclip_hbt.fileio import OutputError, check_output_dir, check_output_file, c
 from mclip_hbt.languages import parse_lang_list
 from mclip_hbt.model.clip import TRAIN_META_NAME
 from mclip_hbt.offline.hub import ModelUnavailableError
+from mclip_hbt.retrieval.models import SPEC_FORMS, RetrievalModel, load_retrieval_model
+from mclip_hbt.retrieval.text_cache import TextFeatureCache
 from mclip_hbt.runtime import now_iso, package_versions
 
 from .benchmark_data import RetrievalSplit
 from .evaluate import SplitResult, evaluate_split
 from .metrics import NonFiniteEmbeddingsError
-from .models import SPEC_FORMS, RetrievalModel, load_retrieval_model
 from .plots import LanguagePanel, plot_language_panels
 from .results import is_records_folder, records_dir, save_output, write_results
-from .text_cache import TextFeatureCache
 
 
 def default_device() -> str:
@@ -62,9 +62,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, retrieval: bool = True
     parser.add_argument("--out", type=Path, default=None, help="write the result JSON here")
     parser.add_argument("--plot", type=Path, default=None, help="write a per-language bar plot (PNG) here")
     parser.add_argument("--text-cache", type=Path, default=None,
-                        help="folder of cached text-encoder outputs (eval.text_cache): models that share a frozen "
-                             "text encoder (LiT runs, an alpha sweep, the untrained encoder) encode each caption "
-                             "once; keyed by the encoder's weights and tokenizer, so a fine-tuned encoder never "
+                        help="folder of cached text-encoder outputs (mclip_hbt.retrieval.text_cache): models that "
+                             "share a frozen text encoder (LiT runs, an alpha sweep, the untrained encoder) encode "
+                             "each caption once; keyed by the encoder's weights and tokenizer, so a fine-tuned encoder never "
                              "reads another's features (default: no cache)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import torch
 
+from mclip_hbt.retrieval.models import RetrievalModel
+from mclip_hbt.retrieval.text_cache import TextFeatureCache
+
 from . import retrieval_settings
 from .benchmark_data import RetrievalSplit
 from .metrics import check_finite
-from .models import RetrievalModel
 from .results import clip_benchmark_language
-from .text_cache import TextFeatureCache
 
 
 @dataclass

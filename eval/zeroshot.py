@@ -25,6 +25,8 @@ import torch
 
 from mclip_hbt.data.images import ImageFinder
 from mclip_hbt.fileio import parse_json
+from mclip_hbt.retrieval.models import RetrievalModel
+from mclip_hbt.retrieval.text_cache import TextFeatureCache
 
 from .cli_common import (
     add_common_arguments,
@@ -35,9 +37,7 @@ from .cli_common import (
     write_outputs,
 )
 from .metrics import NonFiniteEmbeddingsError, check_finite
-from .models import RetrievalModel
 from .plots import LanguagePanel
-from .text_cache import TextFeatureCache
 
 CLASSES_FILE = "classes.json"
 TOP_K = (1, 5)

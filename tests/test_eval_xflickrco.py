@@ -73,7 +73,7 @@ def test_japanese_flickr_captions_lose_their_entity_numbers_and_coco_ones_keep_t
 
 def _e5_to_english_r1(captions: dict[str, list[str]]) -> dict[str, float]:
     """Caption X → English R@1 with transformers alone: the bundled e5-small, "query: " prefix, mean pooling
-    over real tokens, 77 tokens at most (what eval.models' bare text encoder does), cosine similarity."""
+    over real tokens, 77 tokens at most (what mclip_hbt.retrieval.models' bare text encoder does), cosine similarity."""
     folder = bundled_model_path()
     tokenizer, model = AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()
 

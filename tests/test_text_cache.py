@@ -1,4 +1,4 @@
-"""eval.text_cache: cached encoder outputs give the same embeddings as encoding, are shared only by
+"""mclip_hbt.retrieval.text_cache: cached encoder outputs give the same embeddings as encoding, are shared only by
 models whose text encoder is byte-for-byte the same, and a damaged cache is rebuilt, not trusted."""
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from eval import xtd
-from eval.models import _from_mclip, load_retrieval_model
-from eval.text_cache import TextFeatureCache
 from mclip_hbt.model.clip import create_model
+from mclip_hbt.retrieval.models import _from_mclip, load_retrieval_model
+from mclip_hbt.retrieval.text_cache import TextFeatureCache
 
 CAPTIONS = ["a red circle", "two blue squares", "ein roter Kreis", "zwei blaue Quadrate", "a red circle"]
 

@@ -7,17 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
+from known_models import COLOURS, NAMES, colour_model
 from PIL import Image
 
 from eval import zeroshot
 from eval.metrics import NonFiniteEmbeddingsError
-from eval.models import RetrievalModel
 from eval.results import record_file_name
-
-COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255), (255, 0, 255), (128, 128, 128)]
-NAMES = {"en": ["red", "green", "blue", "yellow", "cyan", "magenta", "grey"],
-         "de": ["rot", "grün", "blau", "gelb", "cyan", "magenta", "grau"]}
 
 
 def write_split(root: Path, labels: list[list[int]]) -> Path:
@@ -32,26 +27,6 @@ def write_split(root: Path, labels: list[list[int]]) -> Path:
     (root / "classes.json").write_text(json.dumps({"classes": [f"c{i}" for i in range(len(COLOURS))],
                                                    "names": NAMES, "labels": labels}))
     return root
-
-
-def colour_model(constant: bool = False) -> RetrievalModel:
-    """Image and text features identical per class: a picture embeds as the one-hot of its colour, a name as the
-    one-hot of its colour in any language; ``constant``: every embedding the same."""
-    index = {name: i for names in NAMES.values() for i, name in enumerate(names)}
-
-    def one_hot(i: torch.Tensor) -> torch.Tensor:
-        return torch.ones(len(i), len(COLOURS)) if constant else F.one_hot(i, len(COLOURS)).float()
-
-    def tokenize(texts: list[str]) -> dict[str, torch.Tensor]:
-        return {"input_ids": torch.tensor([[index[t]] for t in texts]),
-                "attention_mask": torch.ones(len(texts), 1, dtype=torch.long)}
-
-    def preprocess(image: Image.Image) -> torch.Tensor:
-        return torch.tensor(COLOURS.index(image.getpixel((0, 0))))
-
-    return RetrievalModel(name="colours", pretrained="none", module=torch.nn.Identity(), tokenize=tokenize,
-                          text_features=lambda tokens: one_hot(tokens["input_ids"][:, 0]),
-                          image_features=one_hot, preprocess=preprocess)
 
 
 def options(**kw) -> argparse.Namespace:

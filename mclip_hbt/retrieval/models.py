@@ -79,7 +79,7 @@ class RetrievalModel:
     #: Folder the weights came from (a saved model directory), else None.
     source_dir: Path | None = None
     #: ``text_features`` split as ``text_head(text_encoder(tokens))`` where the model has a Hugging Face
-    #: text encoder (its pooled outputs can then come from a :class:`~eval.text_cache.TextFeatureCache`).
+    #: text encoder (its pooled outputs can then come from a :class:`~mclip_hbt.retrieval.text_cache.TextFeatureCache`).
     text_encoder: TextTower | None = None
     text_head: Callable[[torch.Tensor], torch.Tensor] | None = None
     _fingerprint: str | None = None
@@ -115,6 +115,23 @@ class RetrievalModel:
             features = self.text_head(pooled.to(self.device))
         return F.normalize(features.float(), dim=-1).cpu()
 
+    def embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Normalised float32 embeddings (on the CPU) of a batch of preprocessed images."""
+        with torch.inference_mode(), self._autocast():
+            features = self.image_features(pixels.to(self.device, non_blocking=True))
+        return F.normalize(features.float(), dim=-1).cpu()
+
+    def fingerprint(self) -> str:
+        """A digest of everything that decides the embeddings: the weights, the tokenizer, what the model is."""
+        tokenizer = self.text_encoder.tokenizer if self.text_encoder is not None else None
+        return encoder_fingerprint(self.module, tokenizer, {"name": self.name, "pretrained": self.pretrained})
+
+    def embedding_width(self) -> int:
+        """The width of the image embeddings (a blank picture's, so it holds whatever the model's head is)."""
+        if not self.supports_images:
+            raise ValueError(f"{self.name} is a text encoder only; it cannot encode images")
+        return int(self.embed_pixels(self.preprocess(Image.new("RGB", (224, 224))).unsqueeze(0)).shape[1])
+
     def encode_images(self, paths: Sequence[Path], batch_size: int = 64, num_workers: int = 2,
                       progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings of the images at ``paths`` and a boolean mask of those that could not be decoded
@@ -126,9 +143,7 @@ class RetrievalModel:
         out, readable = [], []
         with torch.inference_mode(), tqdm(total=len(paths), desc="images", unit="img", disable=not progress) as bar:
             for pixels, ok in loader:
-                with self._autocast():
-                    features = self.image_features(pixels.to(self.device, non_blocking=True))
-                out.append(F.normalize(features.float(), dim=-1).cpu())
+                out.append(self.embed_pixels(pixels))
                 readable.append(ok)
                 bar.update(len(pixels))
         unreadable = ~torch.cat(readable)
