@@ -64,8 +64,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, retrieval: bool = True
     parser.add_argument("--text-cache", type=Path, default=None,
                         help="folder of cached text-encoder outputs (mclip_hbt.retrieval.text_cache): models that "
                              "share a frozen text encoder (LiT runs, an alpha sweep, the untrained encoder) encode "
-                             "each caption once; keyed by the encoder's weights and tokenizer, so a fine-tuned encoder never "
-                             "reads another's features (default: no cache)")
+                             "each caption once; keyed by the encoder's weights and tokenizer, so a fine-tuned "
+                             "encoder never reads another's features (default: no cache)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
