@@ -8,13 +8,13 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: venv test lint demo sweep clean
+.PHONY: venv test lint demo sweep search clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PINS)
-	$(PY) -m pip install -q -e '.[test,offline]'
+	$(PY) -m pip install -q -e '.[test,offline,search]'
 	@touch $@
 
 venv: $(VENV)/.installed
@@ -36,6 +36,14 @@ demo: venv
 SWEEP_ARGS ?=
 sweep: venv
 	HF_HUB_OFFLINE=1 $(PY) demo.py sweep $(SWEEP_ARGS)
+
+# The search page on the demo's model (trained first if absent) over the emoji world's test_seen pictures:
+# index them (again: only what changed), then serve http://127.0.0.1:8000 (SEARCH_ARGS="--port 8080" for another).
+SEARCH_ARGS ?=
+search: demo
+	HF_HUB_OFFLINE=1 $(PY) -m mclip_hbt.search index runs/data/emoji/test_seen/images --model runs/demo/model \
+		--out runs/search/emoji-test_seen
+	HF_HUB_OFFLINE=1 $(PY) -m mclip_hbt.search serve runs/search/emoji-test_seen $(SEARCH_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
