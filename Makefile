@@ -6,6 +6,9 @@ PY     := $(VENV)/bin/python
 # local wheel cache); pyproject.toml itself only declares ranges.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
+# Test processes: two overlap one test's waits (subprocess start-up, stall timeouts) with another's work on 2 cores;
+# a file's tests stay in one worker, so its module fixtures are built once.
+TEST_WORKERS ?= 2
 DEMO_ARGS ?=
 
 .PHONY: venv test lint demo sweep search clean
@@ -20,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 test: venv
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # ruff with the settings in pyproject.toml (line length, rule set); CI runs it before the tests.
 lint: venv
