@@ -392,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="optimizer steps per run (default: the config's; `run` on the emoji world: 300)")
         p.add_argument("--setting", choices=("frozen", "text"), default="frozen",
                        help="frozen: the text encoder frozen under a rotation (configs/e5-small-effnet-lite0-emoji"
-                            ".yaml); text: its top blocks learn, kept near the frozen encoder "
+                            ".yaml); text: LoRA adapters on every block of it learn "
                             "(configs/e5-small-effnet-lite0-emoji-text.yaml), and every run is also scored on the "
                             "real XTD10 captions against the untrained encoder")
         p.add_argument("--train-args", type=_train_args, default=[],

@@ -29,19 +29,23 @@ from mclip_hbt.languages import XTD_LANGS
 from mclip_hbt.paths import REPO_ROOT
 from mclip_hbt.runtime import cpu_model
 
-#: name → (demo.py --setting, extra train.py options over that setting's config, what the row tries)
+#: The two ways the encoder learns, spelled out so a row means the same whatever the text config ships.
+TOP_BLOCKS = "--text-unlocked-layers 2 --freeze-word-embeddings --text-lora-rank 0"
+LORA = "--text-unlocked-layers -1 --no-freeze-word-embeddings --text-lora-rank 8"
+#: name → (demo.py --setting, train.py options over that setting's config, what the row tries)
 ROWS: dict[str, tuple[str, str, str]] = {
     "frozen": ("frozen", "", "frozen encoder under a rotation (the first sweep's setting)"),
-    "plain": ("text", "--lr 5e-4 --text-lr 5e-4 --text-distill-weight 0",
+    "plain": ("text", f"{TOP_BLOCKS} --lr 5e-4 --text-lr 5e-4 --text-distill-weight 0",
               "top 2 blocks, one learning rate 5e-4 (plain fine-tuning)"),
-    "text-lr": ("text", "--text-distill-weight 0", "top 2 blocks at text lr 1e-4, head and image tower at 2e-3"),
-    "teacher": ("text", "", "text lr 1e-4 + teacher term (weight 1, cosine): the text config as shipped"),
-    "teacher-pairs": ("text", "--text-pair-weight 0.5",
+    "text-lr": ("text", f"{TOP_BLOCKS} --text-lr 1e-4 --text-distill-weight 0",
+                "top 2 blocks at text lr 1e-4, head and image tower at 2e-3"),
+    "teacher": ("text", f"{TOP_BLOCKS} --text-lr 1e-4 --text-distill-weight 1",
+                "text lr 1e-4 + teacher term (weight 1, cosine)"),
+    "teacher-pairs": ("text", f"{TOP_BLOCKS} --text-lr 1e-4 --text-distill-weight 1 --text-pair-weight 0.5",
                       "text lr 1e-4 + teacher + text-text term on CLDR name pairs (weight 0.5)"),
-    "lora": ("text", "--text-unlocked-layers -1 --no-freeze-word-embeddings --text-lora-rank 8 --text-lr 5e-4 "
-                     "--text-distill-weight 0", "LoRA r 8 on query/value of every block, adapter lr 5e-4"),
-    "lora-teacher": ("text", "--text-unlocked-layers -1 --no-freeze-word-embeddings --text-lora-rank 8 "
-                             "--text-lr 5e-4", "LoRA r 8 + teacher term (weight 1)"),
+    "lora": ("text", f"{LORA} --text-lr 5e-4 --text-distill-weight 0",
+             "LoRA r 8 on query/value of every block, adapter lr 5e-4: the text config as shipped"),
+    "lora-teacher": ("text", f"{LORA} --text-lr 5e-4 --text-distill-weight 1", "LoRA r 8 + teacher term (weight 1)"),
 }
 GROUP_ORDER = ("high", "low", "unseen")
 
