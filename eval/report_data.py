@@ -296,10 +296,12 @@ def baseline_recall(doc: dict, file: Path) -> dict[str, float]:
 def alpha_gain(table: dict[float, dict]) -> tuple[float, dict[str, float]] | None:
     """The α > 0 with the best mean R@10 over languages, and per language its R@10 minus α = 0's (so a
     gain may be negative: α = 0 itself is never picked, which would make every gain zero by construction);
-    None without α = 0 or another α."""
+    None without α = 0 or another α, or without image retrieval scores."""
     if 0.0 not in table or len(table) < 2:
         return None
-    langs = list(table[0.0]["t2i_r@10"])
+    langs = list(table[0.0].get("t2i_r@10") or {})
+    if not langs:  # a text-only benchmark (the real XTD10 captions of a text-learning sweep): no image R@10
+        return None
     best = max((a for a in table if a > 0), key=lambda a: statistics.fmean(
         table[a]["t2i_r@10"][lang][0] for lang in langs if lang in table[a]["t2i_r@10"]))
     return best, {lang: table[best]["t2i_r@10"][lang][0] - table[0.0]["t2i_r@10"][lang][0] for lang in langs

@@ -173,6 +173,8 @@ def test_the_gain_compares_alpha_zero_with_the_best_other_alpha_even_when_zero_i
     best, gains = report_data.alpha_gain(table)
     assert best == 0.5  # α = 0 has the best mean, but a gain against itself would be zero everywhere
     assert gains == pytest.approx({"en": -0.05, "sw": 0.02})
+    # A text-only benchmark (a text-learning sweep scores the real XTD10 captions) has no image R@10 to gain in.
+    assert report_data.alpha_gain({0.0: {"t2i_r@10": {}}, 1.0: {"t2i_r@10": {}}}) is None
 
 
 def test_zero_shot_results_get_a_table_of_their_own_per_alpha_and_group(tmp_path):
