@@ -18,6 +18,7 @@ size and searched at every ``--ef-search`` (faiss efSearch, usearch expansion_se
 that reaches ``--target-recall`` is the row's setting. ``--crossover-sizes`` are small sizes where exact
 and HNSW latency are compared, to find the size below which exact search is as fast as the approximate one.
 
+    pip install -e '.[search]' usearch     # faiss comes with the search extra; usearch only for its rows here
     python -m bench.search_vectors
     python -m bench.search_vectors --sizes 10000,100000 --crossover-sizes 1000,5000  # a quick run
 """
