@@ -45,6 +45,11 @@ SPEC_FORMS = (f"a saved model directory, a preset ({', '.join(PRESETS)}), open_c
               "bundled:multilingual-e5-small or hf:NAME_OR_PATH")
 
 
+def blank_pixels(preprocess: Callable[[Image.Image], torch.Tensor]) -> torch.Tensor:
+    """What stands in for a picture that cannot be read: a black one, preprocessed like any other."""
+    return preprocess(Image.new("RGB", (224, 224)))
+
+
 class ImageFiles(Dataset):
     """Decoded, preprocessed images, opened as training opens them (``mclip_hbt.data.images.open_image``); a
     file that cannot be used (undecodable, truncated, a decompression bomb) yields a black image and
@@ -61,7 +66,7 @@ class ImageFiles(Dataset):
         try:
             return self.preprocess(open_image(self.paths[i])), True
         except ImageError:
-            return self.preprocess(Image.new("RGB", (224, 224))), False
+            return blank_pixels(self.preprocess), False
 
 
 @dataclass
@@ -126,18 +131,20 @@ class RetrievalModel:
         tokenizer = self.text_encoder.tokenizer if self.text_encoder is not None else None
         return encoder_fingerprint(self.module, tokenizer, {"name": self.name, "pretrained": self.pretrained})
 
-    def embedding_width(self) -> int:
-        """The width of the image embeddings (a blank picture's, so it holds whatever the model's head is)."""
+    def _check_images(self) -> None:
         if not self.supports_images:
             raise ValueError(f"{self.name} is a text encoder only; it cannot encode images")
-        return int(self.embed_pixels(self.preprocess(Image.new("RGB", (224, 224))).unsqueeze(0)).shape[1])
+
+    def embedding_width(self) -> int:
+        """The width of the image embeddings (a blank picture's, so it holds whatever the model's head is)."""
+        self._check_images()
+        return int(self.embed_pixels(blank_pixels(self.preprocess).unsqueeze(0)).shape[1])
 
     def encode_images(self, paths: Sequence[Path], batch_size: int = 64, num_workers: int = 2,
                       progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings of the images at ``paths`` and a boolean mask of those that could not be decoded
         (their rows embed a black image; the metrics score them as misses)."""
-        if not self.supports_images:
-            raise ValueError(f"{self.name} is a text encoder only; it cannot encode images")
+        self._check_images()
         loader = DataLoader(ImageFiles(paths, self.preprocess), batch_size=batch_size, num_workers=num_workers,
                             pin_memory=self.device.type == "cuda", persistent_workers=False)
         out, readable = [], []

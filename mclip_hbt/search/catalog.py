@@ -82,7 +82,7 @@ class Catalog:
                               "`python -m mclip_hbt.search index IMAGES --model MODEL --out INDEX`")
         try:
             uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
-            # check_same_thread off: the web server's worker threads share it, one at a time (its lock)
+            # check_same_thread off: the web server's worker threads share it (Python's sqlite3 is built serialized)
             self.db = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
             if not readonly:
                 self.db.execute("PRAGMA journal_mode=WAL")
@@ -144,14 +144,12 @@ class Catalog:
         return self.db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
 
     def commit_batch(self, added: Iterable[tuple[str, int, int, str, int, int, np.ndarray]],
-                     skipped: Iterable[tuple[str, int, int, str]], removed_paths: Iterable[str] = ()) -> list[int]:
-        """In one transaction: drop ``removed_paths`` (their images changed or went away), add the encoded images
-        (path, size, mtime_ns, sha256, width, height, vector) and the unreadable ones (path, size, mtime_ns,
-        error). Returns the new images' ids, in order."""
+                     skipped: Iterable[tuple[str, int, int, str]]) -> list[int]:
+        """In one transaction: add the encoded images (path, size, mtime_ns, sha256, width, height, vector) and the
+        unreadable ones (path, size, mtime_ns, error), each replacing what the catalog held at its path. Returns
+        the new images' ids, in order."""
         ids = []
         with self.db:
-            for path in removed_paths:
-                self.db.execute("DELETE FROM images WHERE path = ?", (path,))
             for path, size, mtime_ns, sha256, width, height, vector in added:
                 self.db.execute("DELETE FROM images WHERE path = ?", (path,))
                 self.db.execute("DELETE FROM skipped WHERE path = ?", (path,))
@@ -197,6 +195,13 @@ class Catalog:
                                    part).fetchall()
             if rows:
                 yield self._stack(rows, dim)
+
+    def stacked_vectors(self, ids: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors [n, dim]) in one array each: all images, or those of ``ids`` (in no particular order)."""
+        chunks = list(self.vectors(ids))
+        if not chunks:
+            return np.zeros(0, np.int64), np.zeros((0, self.model.dim), np.float32)
+        return np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
 
     @staticmethod
     def _stack(rows: list[tuple[int, bytes]], dim: int) -> tuple[np.ndarray, np.ndarray]:

@@ -14,13 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from mclip_hbt.data.images import ImageError, open_image
 from mclip_hbt.fileio import exclusive_lock
-from mclip_hbt.retrieval.models import RetrievalModel
+from mclip_hbt.retrieval.models import RetrievalModel, blank_pixels
 
 from .catalog import Catalog, ImageRow, ModelRecord, SearchIndexError, file_sha256
 from .vectors import ann_is_current, save_ann
@@ -93,7 +92,7 @@ class PictureFiles(Dataset):
             image = open_image(file.full)  # by path, so its errors name the file; the bytes are in the page cache
             return self.preprocess(image), digest, image.width, image.height, ""
         except (ImageError, OSError) as err:
-            return self.preprocess(Image.new("RGB", (224, 224))), "", 0, 0, str(err) or type(err).__name__
+            return blank_pixels(self.preprocess), "", 0, 0, str(err) or type(err).__name__
 
 
 def model_record(model: RetrievalModel, spec: str) -> ModelRecord:

@@ -116,7 +116,7 @@ class SearchIndex:
         pairs = []
         for a, b in combinations(range(len(hits)), 2):
             top_a, top_b = {h.id for h in hits[a]}, {h.id for h in hits[b]}
-            _, vectors = _stacked(self.catalog.vectors(top_a | top_b))
+            _, vectors = self.catalog.stacked_vectors(top_a | top_b)
             pairs.append(Agreement(a, b, len(top_a & top_b) / k,
                                    spearman(vectors @ queries[a], vectors @ queries[b])))
         return pairs
@@ -132,7 +132,7 @@ class SearchIndex:
     def by_id(self, image_id: int, k: int) -> list[Hit]:
         """More like an indexed image (it comes first, with score 1)."""
         check_query([], k)
-        _, vectors = _stacked(self.catalog.vectors([image_id]))
+        _, vectors = self.catalog.stacked_vectors([image_id])
         if len(vectors) == 0:
             raise KeyError(image_id)
         return self._search(vectors, k)[0]
@@ -145,13 +145,6 @@ class SearchIndex:
         root = self.root.resolve()
         full = (root / relative).resolve()
         return full if full.is_relative_to(root) and full.is_file() else None
-
-
-def _stacked(chunks) -> tuple[np.ndarray, np.ndarray]:
-    chunks = list(chunks)
-    if not chunks:
-        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
-    return np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
 
 
 def check_query(texts: list[str], k: int) -> None:

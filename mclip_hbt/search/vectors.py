@@ -54,10 +54,7 @@ class ExactSearch:
     """Every vector in one float32 matrix; a query is a matrix product and a partial sort."""
 
     def __init__(self, catalog: Catalog):
-        chunks = list(catalog.vectors())
-        dim = catalog.model.dim
-        self.ids = np.concatenate([ids for ids, _ in chunks]) if chunks else np.zeros(0, np.int64)
-        self.matrix = np.concatenate([v for _, v in chunks]) if chunks else np.zeros((0, dim), np.float32)
+        self.ids, self.matrix = catalog.stacked_vectors()
 
     def search(self, queries: np.ndarray, k: int) -> Neighbours:
         scores = queries @ self.matrix.T
@@ -98,19 +95,15 @@ def _trained_index(catalog: Catalog) -> faiss.IndexIVFFlat:
     """An empty inverted file whose lists are trained on an even sample of the catalog's vectors."""
     n, dim = len(catalog), catalog.model.dim
     lists = list_count(n)
-    chosen = set(np.random.default_rng(0).permutation(n)[:lists * TRAIN_PER_LIST].tolist())
-    sample = [v[[i for i in range(len(v)) if start + i in chosen]]
-              for start, v in _offsets(catalog.vectors(chunk=ADD_CHUNK))]
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
-    index.train(np.concatenate(sample) if sample else np.zeros((0, dim), np.float32))
-    return index
-
-
-def _offsets(chunks):
-    start = 0
-    for _, vectors in chunks:
-        yield start, vectors
+    chosen = np.zeros(n, dtype=bool)
+    chosen[np.random.default_rng(0).permutation(n)[:lists * TRAIN_PER_LIST]] = True
+    sample, start = [], 0
+    for _, vectors in catalog.vectors(chunk=ADD_CHUNK):
+        sample.append(vectors[chosen[start:start + len(vectors)]])
         start += len(vectors)
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
+    index.train(np.concatenate(sample))
+    return index
 
 
 def save_ann(folder: Path, catalog: Catalog, *, added_ids: list[int], removed_ids: list[int],
