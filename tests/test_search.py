@@ -58,7 +58,10 @@ def catalog_vectors(folder: Path) -> dict[str, np.ndarray]:
 
 def answers(folder: Path) -> dict[str, list[tuple[float, str]]]:
     """Every name's ranking of every picture as (score, path), sorted: ties may come in another order."""
-    index = SearchIndex(folder, model=colour_model())
+    return answers_of(SearchIndex(folder, model=colour_model()))
+
+
+def answers_of(index: SearchIndex) -> dict[str, list[tuple[float, str]]]:
     names = [name for names in NAMES.values() for name in names]
     return {name: sorted((-h.score, h.path) for h in index.by_texts([name], len(index))[0][0]) for name in names}
 
@@ -122,6 +125,23 @@ def test_a_stopped_index_run_resumes_where_it_stopped(pictures, tmp_path):
     build(pictures, tmp_path / "fresh")
     assert answers(tmp_path / "index") == answers(tmp_path / "fresh")
     assert SearchIndex(tmp_path / "index", model=colour_model(), mode="approximate").mode == "approximate"
+
+
+def test_a_damaged_inverted_file_is_refused_then_rebuilt_by_the_next_index_run(pictures, tmp_path):
+    build(pictures, tmp_path / "index")
+    ann = tmp_path / "index" / "vectors.faiss"
+    ann.write_bytes(ann.read_bytes()[:100])  # cut short
+    with pytest.raises(SearchIndexError, match="stopped"):
+        SearchIndex(tmp_path / "index", model=colour_model(), mode="approximate")
+    ann.write_bytes(b"\0" * ann.stat().st_size)  # the size it was saved at, but not an index
+    json_stamp = tmp_path / "index" / "vectors.json"
+    json_stamp.write_text(json.dumps({**json.loads(json_stamp.read_text()), "bytes": ann.stat().st_size}))
+    with pytest.raises(SearchIndexError, match="not a readable inverted file"):
+        SearchIndex(tmp_path / "index", model=colour_model(), mode="approximate")
+    ann.write_bytes(b"")
+    assert build(pictures, tmp_path / "index").encoded == 0  # nothing to encode; the inverted file is rebuilt
+    assert answers(tmp_path / "index") == answers_of(SearchIndex(tmp_path / "index", model=colour_model(),
+                                                                 mode="approximate"))
 
 
 @pytest.fixture(scope="module")

@@ -71,7 +71,11 @@ class ApproximateSearch:
     """The saved inverted file (faiss's binary format: vectors and lists, no code)."""
 
     def __init__(self, folder: Path):
-        self.index = faiss.read_index(str(folder / ANN_FILE))
+        index = _read_ann(folder)
+        if index is None:
+            raise SearchIndexError(f"{folder / ANN_FILE} is not a readable inverted file; delete it and run the index "
+                                   "command again to rebuild it from the catalog (or query with --search exact)")
+        self.index = index
         self.index.nprobe = min(NPROBE, self.index.nlist)
 
     def search(self, queries: np.ndarray, k: int) -> Neighbours:
@@ -87,8 +91,11 @@ def list_count(n: int) -> int:
 
 def ann_is_current(folder: Path, catalog: Catalog) -> bool:
     """Whether the saved inverted file matches the catalog (an index run that was stopped leaves it behind)."""
-    return _read_stamp(folder / ANN_STAMP).get("generation") == catalog.generation and (
-        len(catalog) == 0 or (folder / ANN_FILE).is_file())
+    stamp, path = _read_stamp(folder / ANN_STAMP), folder / ANN_FILE
+    if stamp.get("generation") != catalog.generation:
+        return False
+    # the size it was saved at: a file cut short or replaced since is rebuilt by the next index run
+    return len(catalog) == 0 or (path.is_file() and path.stat().st_size == stamp.get("bytes"))
 
 
 def _trained_index(catalog: Catalog) -> faiss.IndexIVFFlat:
@@ -112,11 +119,11 @@ def save_ann(folder: Path, catalog: Catalog, *, added_ids: list[int], removed_id
     run's start) and its lists need no retraining, else build it anew from every vector in the catalog; then save
     it and stamp the generation."""
     stamp = _read_stamp(folder / ANN_STAMP)
-    editable = (base_generation is not None and (folder / ANN_FILE).is_file()
-                and stamp.get("generation") == base_generation
+    editable = (base_generation is not None and stamp.get("generation") == base_generation
                 and len(catalog) <= RETRAIN_GROWTH * max(1, stamp.get("trained_on", 0)))
-    if editable:
-        index = faiss.read_index(str(folder / ANN_FILE))
+    saved = _read_ann(folder) if editable else None
+    if saved is not None:
+        index = saved
         if removed_ids:
             index.remove_ids(np.asarray(removed_ids, dtype=np.int64))
         to_add, total, trained_on = catalog.vectors(added_ids), len(added_ids), stamp["trained_on"]
@@ -135,8 +142,19 @@ def save_ann(folder: Path, catalog: Catalog, *, added_ids: list[int], removed_id
         staging = folder / f".{ANN_FILE}.partial"
         faiss.write_index(index, str(staging))
         os.replace(staging, folder / ANN_FILE)
+    saved_bytes = (folder / ANN_FILE).stat().st_size if index is not None else 0
     write_json_atomic(folder / ANN_STAMP, {"generation": catalog.generation, "count": len(catalog),
-                                            "trained_on": trained_on, "lists": index.nlist if index else 0})
+                                          "bytes": saved_bytes, "trained_on": trained_on,
+                                          "lists": index.nlist if index is not None else 0})
+
+
+def _read_ann(folder: Path) -> faiss.IndexIVFFlat | None:
+    """The saved inverted file, or None when it is missing or not one faiss reads as an IVF-Flat index."""
+    try:
+        index = faiss.read_index(str(folder / ANN_FILE))
+    except RuntimeError:  # faiss's one exception type, for a missing, truncated or foreign file alike
+        return None
+    return index if isinstance(index, faiss.IndexIVFFlat) else None
 
 
 def _read_stamp(path: Path) -> dict:
@@ -152,8 +170,8 @@ def open_search(folder: Path, catalog: Catalog, mode: str) -> tuple[ExactSearch 
     images, and when the inverted file is older than the catalog (an index run was stopped before saving it)."""
     current = ann_is_current(folder, catalog)
     if mode == "approximate" and not current:
-        raise SearchIndexError(f"{folder}: the approximate-search index is missing or older than the catalog (an "
-                               "index run was stopped); run the index command again to finish it")
+        raise SearchIndexError(f"{folder}: the approximate-search index is missing, damaged or older than the "
+                               "catalog (an index run was stopped); run the index command again to finish it")
     if mode == "exact" or (mode == "auto" and (len(catalog) < EXACT_BELOW or not current)):
         return ExactSearch(catalog), "exact"
     return ApproximateSearch(folder), "approximate"
