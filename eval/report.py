@@ -9,11 +9,11 @@ A run's α and seed come from the result's ``meta.train`` (the evaluator copies 
 Results with the same α and benchmark are averaged over seeds (mean ± sample standard deviation).
 
 Writes ``OUT/report.md`` (rows α; per-language text→image R@10 grouped as high-resource /
-low-resource / unseen, group means, multilingual mAP and rank distance; the share of monolingual steps
-and how much of a monolingual batch was in its own language, from the trainer's ``meta.train.batches``),
-``OUT/report.json`` and,
-per benchmark, ``OUT/<benchmark>_r10_vs_alpha.png``, ``OUT/<benchmark>_map_vs_alpha.png`` and
-``OUT/<benchmark>_rank_distance_vs_alpha.png``.
+low-resource / unseen, group means, multilingual mAP and rank distance; for a benchmark scored on captions
+only, each language's caption → English R@1 per α beside the untrained encoder's (``--baseline``); the share
+of monolingual steps and how much of a monolingual batch was in its own language, from the trainer's
+``meta.train.batches``), ``OUT/report.json`` and, per benchmark, ``OUT/<benchmark>_r10_vs_alpha.png``,
+``OUT/<benchmark>_map_vs_alpha.png`` and ``OUT/<benchmark>_rank_distance_vs_alpha.png``.
 """
 from __future__ import annotations
 
@@ -25,19 +25,27 @@ from mclip_hbt.fileio import OutputError, check_output_dir, write_json_atomic, w
 from .report_data import (
     aggregate,
     aggregate_zeroshot,
-    baseline_recall,
     batches_by_alpha,
     find_result_files,
     gain_against_baseline,
     groups_from_world,
+    is_captions_only,
     is_result_document,
     load_run,
     parse_groups,
     parse_label,
+    read_baseline,
     read_result_document,
 )
 from .report_plots import write_plots
-from .report_tables import batches_section, caption_pool_note, gain_section, markdown_table, zeroshot_section
+from .report_tables import (
+    batches_section,
+    caption_pool_note,
+    captions_only_table,
+    gain_section,
+    markdown_table,
+    zeroshot_section,
+)
 from .results import save_output
 
 
@@ -75,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             doc = read_result_document(file)
             if not is_result_document(doc):
                 raise ValueError(f"--baseline {file} is not a result JSON of eval.xtd")
-            baselines[str(doc["meta"].get("benchmark"))] = baseline_recall(doc, file)
+            baselines[str(doc["meta"].get("benchmark"))] = read_baseline(doc, file)
         labels = {}
         for path, text in args.label:
             try:
@@ -100,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     tables = aggregate(runs, groups)
     gains = {bench: gain_against_baseline(table, baselines[bench]) for bench, table in tables.items()
              if bench in baselines}
-    sections = [markdown_table(bench, table, groups) + caption_pool_note(table)
+    sections = [captions_only_table(bench, table, baselines.get(bench)) if is_captions_only(table)
+                else markdown_table(bench, table, groups) + caption_pool_note(table)
                 + gain_section(bench, gains.get(bench), groups) for bench, table in tables.items()]
     zeroshot = aggregate_zeroshot(runs, groups)
     sections += [zeroshot_section(bench, table) for bench, table in zeroshot.items()]
@@ -112,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
                            lambda: write_text_atomic(args.out / "report.md", report)),
                save_output(parser.prog, "report data", args.out / "report.json",
                            lambda: write_json_atomic(args.out / "report.json", {
-                               "groups": groups, "inputs": [str(r.path) for r in runs], "gain_vs_untrained": gains,
+                               "groups": groups, "inputs": [str(r.path) for r in runs], "baselines": baselines,
+                               "gain_vs_untrained": gains,
                                "batches": {str(a): row for a, row in batches.items()},
                                "benchmarks": {b: {str(a): row for a, row in t.items()} for b, t in tables.items()},
                                "zeroshot": {b: {str(a): row for a, row in t.items()} for b, t in zeroshot.items()}})),

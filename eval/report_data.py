@@ -125,6 +125,16 @@ def check_summary(summary: object, where: str) -> dict:
         if not isinstance(metrics, dict):
             raise ValueError(f"{where}.monolingual.{lang} is {metrics!r}, not an object")
         _measured(metrics.get("t2i_r@10"), f"{where}.monolingual.{lang}.t2i_r@10")
+    crosslingual = summary.get("crosslingual")
+    if not summary["monolingual"] and crosslingual:  # captions only: the report reads X → English R@1
+        recall = crosslingual.get("r@1") if isinstance(crosslingual, dict) else None
+        if not isinstance(recall, dict):
+            raise ValueError(f"{where}.crosslingual.r@1 is {recall!r}, not an object")
+        for lang, row in recall.items():
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}.crosslingual.r@1.{lang} is {row!r}, not an object")
+            if lang != "en" and "en" in row:
+                _measured(row["en"], f"{where}.crosslingual.r@1.{lang}.en")
     for setting, keys in (("multilingual_image", ("map",)), ("multilingual_text", ("map", "rank_distance"))):
         values = summary.get(setting)
         if values is None:
@@ -198,7 +208,8 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def aggregate(runs: list[RunResult], groups: dict[str, list[str]]) -> dict[str, dict[float, dict]]:
     """benchmark → α → {"n": runs, "seeds", "t2i_r@10": {lang: (mean, std)}, "groups": {group: (mean, std)},
-    "image_map", "text_map", "rank_distance": (mean, std)}, from the runs' per-seed values."""
+    "x2en_r@1": {lang: (mean, std)} (captions-only results: caption X → English R@1), "image_map", "text_map",
+    "rank_distance": (mean, std)}, from the runs' per-seed values."""
     samples: dict[str, dict[float, dict[str, list]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for run in runs:
         for bench, summary in run.summaries.items():
@@ -211,6 +222,10 @@ def aggregate(runs: list[RunResult], groups: dict[str, list[str]]) -> dict[str, 
                 present = [mono[lang]["t2i_r@10"] for lang in langs if lang in mono]
                 if present:
                     s[f"group:{group}"].append(statistics.fmean(present))
+            if not mono and summary.get("crosslingual"):  # captions only: each language's retrieval of English
+                for lang, row in summary["crosslingual"]["r@1"].items():
+                    if lang != "en" and "en" in row:
+                        s[f"x2en:{lang}"].append(row["en"])
             if summary.get("multilingual_image"):
                 s["image_map"].append(summary["multilingual_image"]["map"])
             if summary.get("multilingual_text"):
@@ -222,7 +237,8 @@ def aggregate(runs: list[RunResult], groups: dict[str, list[str]]) -> dict[str, 
         for alpha, s in sorted(by_alpha.items()):
             row = {"n": len(s["seeds"]), "seeds": s["seeds"],
                    "t2i_r@10": {k[5:]: _mean_std(v) for k, v in s.items() if k.startswith("lang:")},
-                   "groups": {k[6:]: _mean_std(v) for k, v in s.items() if k.startswith("group:")}}
+                   "groups": {k[6:]: _mean_std(v) for k, v in s.items() if k.startswith("group:")},
+                   "x2en_r@1": {k[5:]: _mean_std(v) for k, v in s.items() if k.startswith("x2en:")}}
             for key in ("image_map", "text_map", "rank_distance"):
                 row[key] = _mean_std(s[key]) if s[key] else None
             out[bench][alpha] = row
@@ -282,15 +298,23 @@ def language_columns(table: dict[float, dict], groups: dict[str, list[str]]) -> 
 WIDE_TABLE_LANGUAGES = 12
 
 
-def baseline_recall(doc: dict, file: Path) -> dict[str, float]:
-    """Per language, the caption X → English R@1 of a text-only result (the untrained encoder's)."""
+def read_baseline(doc: dict, file: Path) -> dict:
+    """A captions-only result of the untrained encoder: per language its caption X → English R@1
+    (``x2en_r@1``), and its caption-pool mAP and rank distance (None where it pooled no captions)."""
     try:
         r1 = doc["summary"]["crosslingual"]["r@1"]
-        return {lang: _measured(row["en"], f"{file}: crosslingual.r@1.{lang}.en") for lang, row in r1.items()
-                if lang != "en"}
+        recall = {lang: _measured(row["en"], f"{file}: crosslingual.r@1.{lang}.en") for lang, row in r1.items()
+                  if lang != "en"}
     except (KeyError, TypeError) as e:
         raise ValueError(f"--baseline {file}: not a text-only result with English captions "
                          f"(crosslingual r@1 to en; {type(e).__name__}: {e})") from e
+    pool = doc["summary"].get("multilingual_text") or {}
+    return {"x2en_r@1": recall, "text_map": pool.get("map"), "rank_distance": pool.get("rank_distance")}
+
+
+def is_captions_only(table: dict[float, dict]) -> bool:
+    """Whether a benchmark was scored on captions alone (caption → English R@1, no image retrieval)."""
+    return not any(row["t2i_r@10"] for row in table.values()) and any(row["x2en_r@1"] for row in table.values())
 
 
 def alpha_gain(table: dict[float, dict]) -> tuple[float, dict[str, float]] | None:
@@ -308,13 +332,15 @@ def alpha_gain(table: dict[float, dict]) -> tuple[float, dict[str, float]] | Non
                   if lang in table[best]["t2i_r@10"]}
 
 
-def gain_against_baseline(table: dict[float, dict], baseline: dict[str, float]) -> dict | None:
-    """R@10 gain from α = 0 to the best α > 0 beside the untrained encoder's X → en R@1, with their Pearson r."""
+def gain_against_baseline(table: dict[float, dict], baseline: dict) -> dict | None:
+    """R@10 gain from α = 0 to the best α > 0 beside the untrained encoder's X → en R@1 (``read_baseline``), with
+    their Pearson r."""
     gain = alpha_gain(table)
     if gain is None:
         return None
     best, per_lang = gain
-    points = {lang: (baseline[lang], g) for lang, g in per_lang.items() if lang in baseline}
+    recall = baseline["x2en_r@1"]
+    points = {lang: (recall[lang], g) for lang, g in per_lang.items() if lang in recall}
     xs, ys = [p[0] for p in points.values()], [p[1] for p in points.values()]
     r = (statistics.correlation(xs, ys) if len(points) > 2 and len(set(xs)) > 1 and len(set(ys)) > 1
          else None)

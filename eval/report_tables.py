@@ -63,6 +63,40 @@ def markdown_table(bench: str, table: dict[float, dict], groups: dict[str, list[
     return "\n".join(lines)
 
 
+def captions_only_table(bench: str, table: dict[float, dict], baseline: dict | None) -> str:
+    """A benchmark scored on captions only (the real XTD10 captions of a text-learning sweep): per α, each
+    language's caption → English R@1 and the caption pool's mAP and rank distance, below the untrained encoder's
+    (``baseline``, when given) with the largest loss against it."""
+    langs = list(dict.fromkeys(lang for row in table.values() for lang in row["x2en_r@1"]))
+    recall = baseline["x2en_r@1"] if baseline else {}
+    head = ["α", "runs", *langs, "mean"] + (["worst change"] if recall else []) + ["txt→ml mAP", "rank distance"]
+    lines = [f"### {bench} (captions only): caption X → English R@1 (%), caption pool"
+             + (" — against the untrained encoder" if recall else ""), ""]
+    if recall:
+        lines += ["The worst change is the seed mean's R@1 minus the untrained encoder's in the language that lost "
+                  "most (a text encoder that keeps what it knew stays above -2.0 everywhere).", ""]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    if recall:
+        known = [recall[lang] for lang in langs if lang in recall]
+        cells = ["untrained", "–", *(_cell((recall[lang], 0.0)) if lang in recall else "–" for lang in langs),
+                 _cell((statistics.fmean(known), 0.0)) if known else "–", "–",
+                 _cell((baseline["text_map"], 0.0)) if baseline["text_map"] is not None else "–",
+                 _cell((baseline["rank_distance"], 0.0), scale=1.0) if baseline["rank_distance"] is not None else "–"]
+        lines.append("| " + " | ".join(cells) + " |")
+    for alpha, row in table.items():
+        scores = row["x2en_r@1"]
+        per_seed_means = [scores[lang] for lang in langs if lang in scores]
+        cells = [f"{alpha:g}", str(row["n"]), *(_cell(scores.get(lang)) for lang in langs)]
+        cells.append(_cell((statistics.fmean(m for m, _ in per_seed_means), 0.0)) if per_seed_means else "–")
+        if recall:
+            changes = {lang: scores[lang][0] - recall[lang] for lang in langs if lang in scores and lang in recall}
+            worst = min(changes, key=changes.get) if changes else None
+            cells.append(f"{100 * changes[worst]:+.1f} ({worst})" if worst else "–")
+        cells += [_cell(row["text_map"]), _cell(row["rank_distance"], scale=1.0)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def caption_pool_note(table: dict[float, dict]) -> str:
     """A warning under the table when every run has the same caption-pool mAP and rank distance: then the
     runs share their caption-to-caption similarities (a frozen text encoder, under a rotation or no

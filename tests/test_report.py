@@ -213,3 +213,40 @@ def test_a_result_named_twice_counts_once_and_an_alpha_outside_0_1_is_refused(tm
         with pytest.raises(SystemExit) as exit_info:
             report.main([str(run), "--out", str(tmp_path / "r2")])
         assert exit_info.value.code == 2 and "not a probability in [0, 1]" in capsys.readouterr().err
+
+
+def test_captions_only_results_are_tabled_against_the_untrained_encoder(tmp_path, capsys):
+    # A text-learning sweep scores the real XTD10 captions without images: the report gives each language's
+    # caption → English R@1 per α (seed mean ± std) under the untrained encoder's, and the language that lost most.
+    def doc(r1: dict[str, float], text_map: float, rd: float, train: dict | None) -> dict:
+        return {"results": [], "meta": {"benchmark": "xtd10", **({"train": train} if train else {})},
+                "summary": {"monolingual": {}, "multilingual_image": None,
+                            "multilingual_text": {"map": text_map, "rank_distance": rd, "per_language": {}},
+                            "crosslingual": {"r@1": {"en": {lang: 0.5 for lang in r1},
+                                                     **{lang: {"en": r} for lang, r in r1.items()}}}}}
+
+    (tmp_path / "untrained.json").write_text(json.dumps(doc({"de": 0.90, "ja": 0.20}, 0.18, 1780.0, None)))
+    for alpha, seed, de, ja in ((0.0, 0, 0.92, 0.16), (0.0, 1, 0.90, 0.18), (1.0, 0, 0.91, 0.19)):
+        run = tmp_path / "sweep" / f"alpha{alpha:g}_seed{seed}"
+        run.mkdir(parents=True)
+        (run / "xtd10_text.json").write_text(json.dumps(doc({"de": de, "ja": ja}, 0.5, 1200.0 + 100 * alpha,
+                                                            {"alpha": alpha, "seed": seed})))
+    out = tmp_path / "r"
+    baseline = ["--baseline", str(tmp_path / "untrained.json")]
+    assert report.main([str(tmp_path / "sweep"), "--out", str(out), *baseline]) == 0
+    md = (out / "report.md").read_text()
+    assert "| α | runs | de | ja | mean | worst change | txt→ml mAP | rank distance |" in md
+    assert "| untrained | – | 90.0 | 20.0 | 55.0 | – | 18.0 | 1780.0 |" in md
+    assert "| 0 | 2 | 91.0 ± 1.4 | 17.0 ± 1.4 | 54.0 | -3.0 (ja) | 50.0 | 1200.0 |" in md
+    assert "| 1 | 1 | 91.0 | 19.0 | 55.0 | -1.0 (ja) | 50.0 | 1300.0 |" in md
+    assert "text→image R@10" not in md  # no image retrieval table for captions alone
+    data = json.loads((out / "report.json").read_text())
+    assert data["baselines"]["xtd10"]["x2en_r@1"] == {"de": 0.90, "ja": 0.20}
+    assert data["benchmarks"]["xtd10"]["0.0"]["x2en_r@1"]["ja"] == pytest.approx([0.17, 0.0141421], abs=1e-6)
+    # A captions-only result whose recall is not a number is refused, naming the field.
+    bad = doc({"de": 0.9}, 0.5, 1.0, {"alpha": 0.5, "seed": 0})
+    bad["summary"]["crosslingual"]["r@1"]["de"]["en"] = "high"
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(SystemExit) as exit_info:
+        report.main([str(tmp_path / "bad.json"), "--out", str(tmp_path / "r2")])
+    assert exit_info.value.code == 2 and "crosslingual.r@1.de.en" in capsys.readouterr().err
