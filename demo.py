@@ -174,22 +174,28 @@ def world_languages(data_dir: Path, world: str, which: str) -> list[str]:
     return list(dict.fromkeys(["en", *asked]))
 
 
+def scored_splits(world: str, langs: list[str],
+                  other_split_langs: list[str] | None) -> list[tuple[str, str, list[str]]]:
+    """(benchmark, split folder, languages) of each test split: the first in ``langs``, the others in
+    ``other_split_langs`` when given."""
+    return [(bench, split, langs if i == 0 or other_split_langs is None else other_split_langs)
+            for i, (bench, split) in enumerate(WORLDS[world].splits.items())]
+
+
 def evaluate_run(run_dir: Path, model_dir: Path, data_dir: Path, world: str, langs: list[str], text_cache: Path,
                  real_xtd: bool, pool: list[str] | None = None, log: Path | None = None,
                  other_split_langs: list[str] | None = None) -> dict[str, Path]:
     """Every test split of the world in ``langs``; with ``other_split_langs``, the splits after the first
     in those languages only."""
-    splits = list(WORLDS[world].splits.items())
-    results = {bench: stage_eval(str(model_dir), run_dir / "eval" / f"{bench}.json",
-                                 langs if i == 0 or other_split_langs is None else other_split_langs, text_cache,
+    splits = scored_splits(world, langs, other_split_langs)
+    results = {bench: stage_eval(str(model_dir), run_dir / "eval" / f"{bench}.json", split_langs, text_cache,
                                  pool=pool, captions=data_dir / split, images=data_dir / split / "images",
                                  dataset=bench, log=log)
-               for i, (bench, split) in enumerate(splits)}
+               for bench, split, split_langs in splits}
     if world == "emoji":  # zero-shot classification among each language's concept names, on the same splits
-        for i, (bench, split) in enumerate(splits):
-            results[f"zeroshot_{bench}"] = stage_zeroshot(
-                str(model_dir), run_dir / "eval" / f"zeroshot_{bench}.json",
-                langs if i == 0 or other_split_langs is None else other_split_langs, data_dir / split, text_cache, log)
+        for bench, split, split_langs in splits:
+            results[f"zeroshot_{bench}"] = stage_zeroshot(str(model_dir), run_dir / "eval" / f"zeroshot_{bench}.json",
+                                                          split_langs, data_dir / split, text_cache, log)
     if real_xtd:
         results["xtd10_text"] = stage_eval(str(model_dir), run_dir / "eval" / "xtd10_text.json", list(XTD_LANGS),
                                            text_cache, log=log)
@@ -208,13 +214,16 @@ def stage_zeroshot(model: str, out: Path, langs: list[str], split: Path, text_ca
 
 
 def untrained_baselines(out: Path, data_dir: Path, world: str, langs: list[str], text_cache: Path,
-                        real_xtd: bool, world_splits: bool, pool: list[str] | None = None) -> dict[str, Path]:
+                        real_xtd: bool, world_splits: bool, pool: list[str] | None = None,
+                        other_split_langs: list[str] | None = None) -> dict[str, Path]:
     """The untrained encoder, text-only: caption X → English R@1 on XTD10 and, with ``world_splits``, on each
-    of the world's test splits (which also fills the text cache that every run with the frozen encoder reads)."""
+    of the world's test splits (which also fills the text cache that every run with the frozen encoder reads),
+    the splits after the first in ``other_split_langs`` only when given (as ``evaluate_run`` scores them)."""
     folder = out.parent / "baselines"
-    results = {bench: stage_eval(BUNDLED_E5, folder / f"untrained_e5_{bench}_text.json", langs, text_cache,
+    splits = scored_splits(world, langs, other_split_langs) if world_splits else []
+    results = {bench: stage_eval(BUNDLED_E5, folder / f"untrained_e5_{bench}_text.json", split_langs, text_cache,
                                  pool=pool, captions=data_dir / split, dataset=bench)
-               for bench, split in (WORLDS[world].splits.items() if world_splits else ())}
+               for bench, split, split_langs in splits}
     if real_xtd:
         results["xtd10_text"] = stage_eval(BUNDLED_E5, folder / "untrained_e5_xtd10_text.json", list(XTD_LANGS),
                                            text_cache)
@@ -278,7 +287,7 @@ def sweep(args: argparse.Namespace, data_dir: Path) -> None:
     real_xtd = (shared_data_dir() / "xtd10").is_dir()
     # The untrained encoder first, with every core: it fills the text cache, which the frozen runs then only read.
     baselines = untrained_baselines(out, data_dir, world, langs, text_cache, real_xtd=real_xtd, world_splits=True,
-                                    pool=pool)
+                                    pool=pool, other_split_langs=pool)
     # Seed-major, so that a sweep stopped early holds whole alpha curves.
     todo = [(alpha, seed) for seed in args.seeds for alpha in args.alphas]
     if args.jobs > 1:  # the runs' processes split the cores (inherited by every stage they start)
