@@ -91,13 +91,20 @@ def plot_against_alpha(series: Mapping[str, Mapping[float, tuple[float, float]]]
 
 
 def plot_language_heatmap(values: Mapping[str, Mapping[float, float]], groups: Mapping[str, Sequence[str]],
-                          title: str, path: str | Path) -> Path:
-    """Language (rows, in ``groups`` order, groups separated by lines) × α (columns) of percentages."""
+                          title: str, path: str | Path, label: str = "text→image R@10 (%)",
+                          diverging: bool = False) -> Path:
+    """Language (rows, in ``groups`` order, groups separated by lines) × α (columns) of percentages;
+    ``diverging`` centres a red–blue scale on 0, for changes."""
     langs = [lang for members in groups.values() for lang in members if lang in values]
     alphas = sorted({a for row in values.values() for a in row})
     grid = [[values[lang].get(a, float("nan")) for a in alphas] for lang in langs]
-    fig, ax = plt.subplots(figsize=(4.0 + 0.9 * len(alphas), 1.5 + 0.16 * len(langs)))
-    image = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
+    height = 1.5 + 0.16 * len(langs)
+    fig, ax = plt.subplots(figsize=(4.0 + 0.9 * len(alphas), height))
+    scale = {}
+    if diverging:
+        bound = max((abs(v) for row in grid for v in row if v == v), default=1.0) or 1.0
+        scale = {"cmap": "RdBu", "vmin": -bound, "vmax": bound}
+    image = ax.imshow(grid, aspect="auto", interpolation="nearest", **({"cmap": "viridis"} | scale))
     ax.set_xticks(range(len(alphas)), [f"{a:g}" for a in alphas])
     ax.set_yticks(range(len(langs)), langs, fontsize=6)
     ax.set_xlabel("α (probability of a monolingual batch)")
@@ -110,8 +117,9 @@ def plot_language_heatmap(values: Mapping[str, Mapping[float, float]], groups: M
                 va="center", ha="left")
         row += len(present)
         if row < len(langs):
-            ax.axhline(row - 0.5, color="white", linewidth=1.5)
-    fig.colorbar(image, ax=ax, label="text→image R@10 (%)", pad=0.45)
+            ax.axhline(row - 0.5, color="white" if not diverging else "black", linewidth=1.5)
+    # A tall figure (a hundred languages) would otherwise stretch the colour bar to its full height.
+    fig.colorbar(image, ax=ax, label=label, pad=0.45, fraction=0.08, shrink=min(1.0, 6.0 / height))
     ax.set_title(title)
     return _save(fig, path)
 

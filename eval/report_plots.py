@@ -1,5 +1,5 @@
-"""The report's plots per benchmark: R@10 per language against α (a heat map when wide), the α gain
-against the untrained encoder, multilingual mAP and rank distance against α."""
+"""The report's plots per benchmark: R@10 per language against α (when wide, a heat map of it and one of its
+change from α = 0), the α gain against the untrained encoder, multilingual mAP and rank distance against α."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,6 +20,11 @@ def write_plots(bench: str, table: dict[float, dict], groups: dict[str, list[str
                   for langs in columns.values() for lang in langs}
         paths.append(plot_language_heatmap(values, columns, f"{bench}: text→image R@10 (%), mean over seeds",
                                            out / f"{bench}_r10_heatmap.png"))
+        if 0.0 in table:  # what α does, without each language's level drowning it
+            change = {lang: {a: v - row[0.0] for a, v in row.items()} for lang, row in values.items() if 0.0 in row}
+            paths.append(plot_language_heatmap(change, columns, f"{bench}: R@10 change from α = 0 (points)",
+                                               out / f"{bench}_r10_change_heatmap.png",
+                                               label="R@10 minus α = 0's (points)", diverging=True))
     elif columns:
         series, styles = {}, {}
         for group, langs in columns.items():

@@ -137,7 +137,8 @@ def test_world_groups_many_languages_heatmap_and_gain_against_the_untrained_enco
     gain = json.loads((out / "report.json").read_text())["gain_vs_untrained"]["emoji_seen"]
     assert gain["best_alpha"] == 0.5 and gain["pearson_r"] == pytest.approx(1.0)
     assert gain["points"]["zu"] == pytest.approx([0.65, 0.325])
-    for name in ("emoji_seen_r10_heatmap.png", "emoji_seen_gain_vs_untrained.png", "emoji_seen_map_vs_alpha.png"):
+    for name in ("emoji_seen_r10_heatmap.png", "emoji_seen_r10_change_heatmap.png", "emoji_seen_gain_vs_untrained.png",
+                 "emoji_seen_map_vs_alpha.png"):
         assert (out / name).stat().st_size > 0
 
 
