@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,11 +101,11 @@ def plot_language_heatmap(values: Mapping[str, Mapping[float, float]], groups: M
     grid = [[values[lang].get(a, float("nan")) for a in alphas] for lang in langs]
     height = 1.5 + 0.16 * len(langs)
     fig, ax = plt.subplots(figsize=(4.0 + 0.9 * len(alphas), height))
-    scale = {}
+    scale = {"cmap": "viridis"}
     if diverging:
-        bound = max((abs(v) for row in grid for v in row if v == v), default=1.0) or 1.0
+        bound = max((abs(v) for row in grid for v in row if not math.isnan(v)), default=1.0) or 1.0
         scale = {"cmap": "RdBu", "vmin": -bound, "vmax": bound}
-    image = ax.imshow(grid, aspect="auto", interpolation="nearest", **({"cmap": "viridis"} | scale))
+    image = ax.imshow(grid, aspect="auto", interpolation="nearest", **scale)
     ax.set_xticks(range(len(alphas)), [f"{a:g}" for a in alphas])
     ax.set_yticks(range(len(langs)), langs, fontsize=6)
     ax.set_xlabel("α (probability of a monolingual batch)")
@@ -117,7 +118,7 @@ def plot_language_heatmap(values: Mapping[str, Mapping[float, float]], groups: M
                 va="center", ha="left")
         row += len(present)
         if row < len(langs):
-            ax.axhline(row - 0.5, color="white" if not diverging else "black", linewidth=1.5)
+            ax.axhline(row - 0.5, color="black" if diverging else "white", linewidth=1.5)
     # A tall figure (a hundred languages) would otherwise stretch the colour bar to its full height.
     fig.colorbar(image, ax=ax, label=label, pad=0.45, fraction=0.08, shrink=min(1.0, 6.0 / height))
     ax.set_title(title)
