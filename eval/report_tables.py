@@ -91,10 +91,16 @@ def captions_only_table(bench: str, table: dict[float, dict], baseline: dict | N
         if recall:
             changes = {lang: scores[lang][0] - recall[lang] for lang in langs if lang in scores and lang in recall}
             worst = min(changes, key=changes.get) if changes else None
-            cells.append(f"{100 * changes[worst]:+.1f} ({worst})" if worst else "–")
+            cells.append("–" if worst is None else _change_cell(100 * changes[worst], worst))
         cells += [_cell(row["text_map"]), _cell(row["rank_distance"], scale=1.0)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _change_cell(points: float, lang: str) -> str:
+    """The largest loss in points and its language; a change that rounds to zero names no language (a frozen
+    encoder differs from the untrained one by float noise only, and "-0.0 (es)" would say es lost)."""
+    return "0.0" if round(points, 1) == 0 else f"{points:+.1f} ({lang})"
 
 
 def caption_pool_note(table: dict[float, dict]) -> str:

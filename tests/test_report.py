@@ -227,7 +227,8 @@ def test_captions_only_results_are_tabled_against_the_untrained_encoder(tmp_path
                                                      **{lang: {"en": r} for lang, r in r1.items()}}}}}
 
     (tmp_path / "untrained.json").write_text(json.dumps(doc({"de": 0.90, "ja": 0.20}, 0.18, 1780.0, None)))
-    for alpha, seed, de, ja in ((0.0, 0, 0.92, 0.16), (0.0, 1, 0.90, 0.18), (1.0, 0, 0.91, 0.19)):
+    for alpha, seed, de, ja in ((0.0, 0, 0.92, 0.16), (0.0, 1, 0.90, 0.18), (1.0, 0, 0.91, 0.19),
+                                (0.5, 0, 0.9001, 0.2)):
         run = tmp_path / "sweep" / f"alpha{alpha:g}_seed{seed}"
         run.mkdir(parents=True)
         (run / "xtd10_text.json").write_text(json.dumps(doc({"de": de, "ja": ja}, 0.5, 1200.0 + 100 * alpha,
@@ -240,6 +241,8 @@ def test_captions_only_results_are_tabled_against_the_untrained_encoder(tmp_path
     assert "| untrained | – | 90.0 | 20.0 | 55.0 | – | 18.0 | 1780.0 |" in md
     assert "| 0 | 2 | 91.0 ± 1.4 | 17.0 ± 1.4 | 54.0 | -3.0 (ja) | 50.0 | 1200.0 |" in md
     assert "| 1 | 1 | 91.0 | 19.0 | 55.0 | -1.0 (ja) | 50.0 | 1300.0 |" in md
+    # A frozen encoder matches the untrained one up to float noise: no language is named as having lost.
+    assert "| 0.5 | 1 | 90.0 | 20.0 | 55.0 | 0.0 | 50.0 | 1250.0 |" in md
     assert "text→image R@10" not in md  # no image retrieval table for captions alone
     data = json.loads((out / "report.json").read_text())
     assert data["baselines"]["xtd10"]["x2en_r@1"] == {"de": 0.90, "ja": 0.20}
