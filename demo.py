@@ -106,9 +106,9 @@ def stage_inputs(out: Path, world: str, train_samples: int) -> Path:
 
 
 def stage_train(run_dir: Path, data_dir: Path, config: Path, alpha: float, seed: int, steps: int | None,
-                train_args: list[str], log: Path | None = None) -> Path:
-    """Train one run into ``run_dir``; a run already there is kept (or resumed) only when it was asked for with the
-    same settings, which ``run_dir/demo_settings.json`` records, and refused otherwise."""
+                train_args: list[str], log: Path | None = None, keep_checkpoints: int | None = None) -> Path:
+    """Train one run into ``run_dir``; a run already there is kept (or resumed) only when asked for with the same
+    settings (``run_dir/demo_settings.json``; not ``keep_checkpoints``, which changes no number), refused otherwise."""
     model_dir = run_dir / "model"
     settings = {"config": str(config.resolve()), "train_data": str((data_dir / "train").resolve()), "alpha": alpha,
                 "seed": seed, "steps": steps, "train_args": train_args}  # paths resolved: one folder, one spelling
@@ -127,8 +127,8 @@ def stage_train(run_dir: Path, data_dir: Path, config: Path, alpha: float, seed:
     cmd = [sys.executable, str(REPO_ROOT / "train.py"), "--config", str(config), "--train-data",
            str(data_dir / "train"), "--alpha", str(alpha), "--seed", str(seed), "--output-dir", str(run_dir),
            "--resume", "auto"]
-    if steps is not None:
-        cmd += ["--max-steps", str(steps)]
+    cmd += ["--max-steps", str(steps)] if steps is not None else []
+    cmd += ["--keep-checkpoints", str(keep_checkpoints)] if keep_checkpoints else []
     run(cmd + train_args, log)
     return model_dir
 
@@ -297,7 +297,7 @@ def sweep(args: argparse.Namespace, data_dir: Path) -> None:
         run_dir = out / f"alpha{alpha:g}_seed{seed}"
         log = run_dir / "sweep.log" if args.jobs > 1 else None
         model_dir = stage_train(run_dir, data_dir, setting_config(args), alpha, seed, args.steps, args.train_args,
-                                log)
+                                log, keep_checkpoints=1)  # a checkpoint holds the model and the batcher's buffer
         # The seen-concept split in every language; the unseen-concept one in the pooled languages only: at
         # 104 languages each split's cross-lingual matrix is a large part of a run (docs/results.md).
         evaluate_run(run_dir, model_dir, data_dir, world, langs, text_cache, real_xtd=real_xtd, pool=pool, log=log,
@@ -387,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sub = parser.add_subparsers(dest="command")
     for name, help_text, out in (("run", "one hybrid-batch run and its full evaluation (the default)", "runs/demo"),
-                                 ("sweep", "train and evaluate every alpha × seed, then eval.report", "runs/sweep")):
+                                 ("sweep", "alpha × seed runs (one checkpoint each), then eval.report", "runs/sweep")):
         p = sub.add_parser(name, help=help_text, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         p.add_argument("--out", type=Path, default=Path(out), help="output folder (the data goes beside it, in data/)")
         p.add_argument("--world", choices=sorted(WORLDS), default="emoji",
@@ -406,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "real XTD10 captions against the untrained encoder")
         p.add_argument("--train-args", type=_train_args, default=[],
                        help="extra train.py options for every run, as one string, e.g. "
-                            "'--text-lora-rank 8 --text-distill-weight 0.5' (recorded with the run)")
+                            "'--text-lora-rank 8 --text-distill-weight 0.5' (recorded with the run; last, so they win)")
         if name == "run":
             p.add_argument("--alpha", type=_alpha, default=0.5, help="probability of a monolingual step")
             p.add_argument("--seed", type=int, default=0, help="training seed")

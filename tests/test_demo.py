@@ -121,7 +121,9 @@ def test_a_sweep_with_parallel_jobs_trains_then_evaluates_every_run(demo_module,
     assert capsys.readouterr().out.count("[sweep] ") == 4
     assert os.environ["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
 
-    trained = [Path(cmd[cmd.index("--output-dir") + 1]).name for cmd, _ in calls if cmd[1].endswith("train.py")]
+    trainings = [cmd for cmd, _ in calls if cmd[1].endswith("train.py")]
+    assert all(cmd[cmd.index("--keep-checkpoints") + 1] == "1" for cmd in trainings)  # one checkpoint per sweep run
+    trained = [Path(cmd[cmd.index("--output-dir") + 1]).name for cmd in trainings]
     assert sorted(trained) == ["alpha0_seed0", "alpha0_seed1", "alpha1_seed0", "alpha1_seed1"]
     assert set(trained[:2]) == {"alpha0_seed0", "alpha1_seed0"}  # seed-major: whole alpha curves first
     for name in ("alpha0_seed0", "alpha0_seed1", "alpha1_seed0"):
