@@ -107,13 +107,13 @@ def stage_inputs(out: Path, world: str, train_samples: int) -> Path:
 
 def stage_train(run_dir: Path, data_dir: Path, config: Path, alpha: float, seed: int, steps: int | None,
                 train_args: list[str], log: Path | None = None, keep_checkpoints: int | None = None) -> Path:
-    """Train one run into ``run_dir``; a run already there is kept (or resumed) only when asked for with the same
-    settings (``run_dir/demo_settings.json``; not ``keep_checkpoints``, which changes no number), refused otherwise."""
+    """Train one run into ``run_dir``; a run train.py began there is kept or resumed only when asked for with the same
+    settings (``run_dir/demo_settings.json``; not ``keep_checkpoints``, which changes no number), else refused."""
     model_dir = run_dir / "model"
     settings = {"config": str(config.resolve()), "train_data": str((data_dir / "train").resolve()), "alpha": alpha,
                 "seed": seed, "steps": steps, "train_args": train_args}  # paths resolved: one folder, one spelling
-    record = run_dir / DEMO_SETTINGS
-    if record.is_file() and _load(record) != settings:
+    record, began = run_dir / DEMO_SETTINGS, (run_dir / "train_config.json").is_file() or model_dir.is_dir()
+    if record.is_file() and _load(record) != settings and began:  # a record of options train.py refused binds nothing
         raise SystemExit(f"demo.py: error: {run_dir} holds a run made with other settings ({_load(record)}, not "
                          f"{settings}); choose another --out, or delete {run_dir} to train it again")
     if (model_dir / "config.json").is_file():

@@ -165,6 +165,33 @@ def test_a_run_folder_made_with_other_settings_is_refused_not_reported_as_new(de
     assert "holds a run made with other settings" in str(exit_info.value.code) and len(trained) == 1
 
 
+def test_options_train_py_refused_do_not_bind_the_run_folder(demo_module, demo_synth_data, tmp_path, monkeypatch):
+    # A mistyped --train-args value that the real train.py refuses trained nothing: the corrected re-run trains there
+    # instead of being refused as "a run made with other settings".
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    shutil.copytree(demo_synth_data, tmp_path / "data" / "synth")
+    common = ["run", "--world", "synth", "--train-samples", "20", "--out", str(tmp_path / "demo")]
+    with pytest.raises(subprocess.CalledProcessError):
+        demo_module.main([*common, "--train-args", "--keep-checkpoints 0"])
+    assert not (tmp_path / "demo" / "train_config.json").exists()
+    trained = []
+
+    def fake_training(cmd, log=None):
+        if not cmd[1].endswith("train.py"):
+            raise RuntimeError("evaluation reached")  # stop here: this test is about the training stage
+        trained.append(cmd)
+        (Path(cmd[cmd.index("--output-dir") + 1]) / "model").mkdir()
+
+    monkeypatch.setattr(demo_module, "run", fake_training)
+    with pytest.raises(RuntimeError, match="evaluation reached"):
+        demo_module.main(common)
+    assert len(trained) == 1 and json.loads((tmp_path / "demo" / "demo_settings.json").read_text())["train_args"] == []
+    # Once train.py has begun there, other settings are refused as before.
+    with pytest.raises(SystemExit) as exit_info:
+        demo_module.main([*common, "--alpha", "0"])
+    assert "holds a run made with other settings" in str(exit_info.value.code) and len(trained) == 1
+
+
 def test_sigterm_to_demo_is_passed_on_to_its_training_stage_and_waited_for(demo_synth_data, tmp_path):
     # kill -TERM to demo.py once left its train.py child (and that child's loader worker) running, orphaned.
     shutil.copytree(demo_synth_data, tmp_path / "data" / "synth")
